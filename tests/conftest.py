@@ -24,3 +24,36 @@ def reference_dir():
 def load_reference(reference_dir, name):
     """Load one reference file (inputs, outputs_eval, outputs_train, state_dict_official_no_lang)."""
     return torch.load(reference_dir / f"{name}.pt", map_location="cpu", weights_only=True)
+
+
+def reference_cfg():
+    """A config with the sizes of the official reference model (its README, "The model")."""
+    from detectron2.config import get_cfg
+
+    from glip_d2.config import add_glip_config
+
+    cfg = add_glip_config(get_cfg())
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.SWIN.EMBED_DIM = 48
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 2, 2]
+    cfg.MODEL.SWIN.NUM_HEADS = [2, 4, 8, 16]
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7
+    cfg.MODEL.FPN.OUT_CHANNELS = 64
+    cfg.MODEL.GLIP.CHANNELS = 64
+    cfg.MODEL.GLIP.NUM_LAYERS = 2
+    cfg.MODEL.LANGUAGE_BACKBONE.MODEL_NAME = "bundled-minilm"
+    cfg.MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE = 384
+    cfg.MODEL.GLIP.INFERENCE_TH = 0.0106
+    cfg.INPUT.MIN_SIZE_TEST = 224
+    cfg.INPUT.MAX_SIZE_TEST = 352
+    return cfg
+
+
+def reference_state_dict(reference_dir):
+    """The reference weights in glip_d2's layout (no text encoder: it comes from the package)."""
+    from glip_d2.checkpoint import convert_official_state_dict
+
+    official = load_reference(reference_dir, "state_dict_official_no_lang")
+    converted, _ = convert_official_state_dict(official)
+    return converted
