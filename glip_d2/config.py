@@ -104,7 +104,9 @@ def add_glip_config(cfg):
     _C.DATASETS.GLIP.SEPARATOR = ". "
     _C.DATASETS.GLIP.NUM_NEGATIVES = 85  # official RANDOM_SAMPLE_NEG
     _C.DATASETS.GLIP.FULL_NEGATIVE_PROB = 0.5  # official CONTROL_PROB[2]
-    _C.DATASETS.GLIP.SHUFFLE_PROMPT = True  # training-time class order shuffle (DISABLE_SHUFFLE off)
+    _C.DATASETS.GLIP.SHUFFLE_PROMPT = (
+        True  # training-time class order shuffle (DISABLE_SHUFFLE off)
+    )
     # Sampling weight of each DATASETS.TRAIN entry (empty: proportional to their sizes).
     _C.DATASETS.GLIP.TRAIN_RATIOS = []
     # JSON file {category name: {"prefix": .., "name": .., "suffix": ..}} of prompt overrides.

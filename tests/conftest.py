@@ -10,14 +10,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The official outputs live beside the development checkout (../shared); a user's clone has
 # none, and the tests that need them skip with that reason.
 REFERENCE_DIR = Path(
-    os.environ.get("GLIP_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference" / "official_glip_small")
+    os.environ.get(
+        "GLIP_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference" / "official_glip_small"
+    )
 )
 
 
 @pytest.fixture(scope="session")
 def reference_dir():
     if not (REFERENCE_DIR / "inputs.pt").is_file():
-        pytest.skip(f"official reference outputs not found at {REFERENCE_DIR} (set GLIP_REFERENCE_DIR)")
+        pytest.skip(
+            f"official reference outputs not found at {REFERENCE_DIR} (set GLIP_REFERENCE_DIR)"
+        )
     return REFERENCE_DIR
 
 

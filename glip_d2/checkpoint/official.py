@@ -47,10 +47,10 @@ def official_to_glip_d2_key(key, early_fuse=True):
         return None
     for old, new in _PREFIX_RULES:
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     m = _HEAD_TOP.match(key)
     if m:
-        return "head." + key[len("rpn.head."):]
+        return "head." + key[len("rpn.head.") :]
     m = _TOWER.match(key)
     if m:
         index, rest = int(m.group(1)), m.group(2)
@@ -59,10 +59,14 @@ def official_to_glip_d2_key(key, early_fuse=True):
         layer, slot = divmod(index, 3)
         if slot == 0:
             if not rest.startswith("b_attn."):
-                raise KeyError(f"official key {key!r}: expected a fusion block ('b_attn.') at tower index {index}")
-            return f"head.tower.{layer}.fusion.{rest[len('b_attn.'):]}"
+                raise KeyError(
+                    f"official key {key!r}: expected a fusion block ('b_attn.') at tower index {index}"
+                )
+            return f"head.tower.{layer}.fusion.{rest[len('b_attn.') :]}"
         return f"head.tower.{layer}.{('text_layer', 'dyconv')[slot - 1]}.{rest}"
-    raise KeyError(f"official key {key!r} has no glip_d2 counterpart and is not a known dropped key")
+    raise KeyError(
+        f"official key {key!r} has no glip_d2 counterpart and is not a known dropped key"
+    )
 
 
 def convert_official_state_dict(state_dict):
@@ -79,7 +83,7 @@ def convert_official_state_dict(state_dict):
     import torch
 
     if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
     early_fuse = any(".b_attn." in k for k in state_dict)
     converted, dropped = {}, []
     for key, value in state_dict.items():
