@@ -26,7 +26,7 @@ def reference_dir():
 
 
 def load_reference(reference_dir, name):
-    """Load one reference file (inputs, outputs_eval, outputs_train, state_dict_official_no_lang)."""
+    """Load one reference file: inputs, outputs_eval, outputs_train or the state dict."""
     return torch.load(reference_dir / f"{name}.pt", map_location="cpu", weights_only=True)
 
 

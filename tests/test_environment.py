@@ -1,4 +1,4 @@
-"""The environment glip_d2 relies on: detectron2 without _C, torchvision ops, the bundled text model."""
+"""The environment glip_d2 relies on: detectron2 without _C, torchvision ops, bundled MiniLM."""
 
 import os
 import subprocess

@@ -60,7 +60,7 @@ def official_to_glip_d2_key(key, early_fuse=True):
         if slot == 0:
             if not rest.startswith("b_attn."):
                 raise KeyError(
-                    f"official key {key!r}: expected a fusion block ('b_attn.') at tower index {index}"
+                    f"official key {key!r}: expected a fusion block (b_attn) at tower index {index}"
                 )
             return f"head.tower.{layer}.fusion.{rest[len('b_attn.') :]}"
         return f"head.tower.{layer}.{('text_layer', 'dyconv')[slot - 1]}.{rest}"
