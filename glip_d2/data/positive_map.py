@@ -1,0 +1,84 @@
+"""Char spans -> token positive map (spec §5.3): the one implementation every path uses."""
+
+import torch
+
+__all__ = ["build_positive_map", "normalize_positive_map", "span_token_range"]
+
+
+def _char_to_token(encoding, positions):
+    for pos in positions:
+        if pos < 0:
+            continue
+        tok = encoding.char_to_token(pos)
+        if tok is not None:
+            return tok
+    return None
+
+
+def span_token_range(encoding, start, end):
+    """Inclusive token range ``(first, last)`` of the char span ``[start, end)``, or None.
+
+    The official fallbacks: ``start``, ``start+1``, ``start+2`` for the first token and
+    ``end-1``, ``end-2``, ``end-3`` for the last one, so that a span beginning or ending on a
+    space or separator still finds its word pieces. Token indices include the [CLS] offset.
+    """
+    first = _char_to_token(encoding, (start, start + 1, start + 2))
+    last = _char_to_token(encoding, (end - 1, end - 2, end - 3))
+    if first is None or last is None:
+        return None
+    return first, last
+
+
+def _tokenize(tokenizer, caption, max_len):
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(
+            f"build_positive_map needs a fast tokenizer (char offsets); got {type(tokenizer)}"
+        )
+    return tokenizer(caption, max_length=max_len, truncation=True)
+
+
+def build_positive_map(tokenizer, caption, phrase_spans, max_len=256):
+    """Binary map from phrases to the word pieces they cover.
+
+    Args:
+        tokenizer: a transformers *fast* tokenizer.
+        caption (str): the prompt.
+        phrase_spans (list[list[[int, int]]]): per phrase, its ``[start, end)`` char spans.
+        max_len (int): token width (256 in GLIP); the caption is tokenised with truncation.
+
+    Returns:
+        FloatTensor (P, max_len) of 0/1: row ``k`` marks phrase ``k``'s tokens (inclusive end).
+
+    Raises:
+        ValueError: a span outside the caption, or a phrase covering no token (the official
+            code leaves such a row empty, which turns the phrase's score into NaN).
+    """
+    encoding = _tokenize(tokenizer, caption, max_len)
+    out = torch.zeros((len(phrase_spans), max_len), dtype=torch.float32)
+    for k, spans in enumerate(phrase_spans):
+        if len(spans) == 0:
+            raise ValueError(f"Phrase {k} has no char span (caption {caption!r})")
+        for span in spans:
+            if len(span) != 2:
+                raise ValueError(f"Phrase {k}: span {span!r} is not [start, end] ({caption!r})")
+            start, end = int(span[0]), int(span[1])
+            if not 0 <= start < end <= len(caption):
+                raise ValueError(
+                    f"Phrase {k}: span [{start}, {end}) lies outside the caption of length "
+                    f"{len(caption)}: {caption!r}"
+                )
+            rng = span_token_range(encoding, start, end)
+            if rng is not None:
+                out[k, rng[0] : rng[1] + 1] = 1.0
+        if not out[k].any():
+            texts = [caption[int(s) : int(e)] for s, e in spans]
+            raise ValueError(
+                f"Phrase {k} {texts!r} covers no token of the caption {caption!r} "
+                f"(truncated at {max_len} tokens)"
+            )
+    return out
+
+
+def normalize_positive_map(binary):
+    """Rows divided by ``row_sum + 1e-6``, as the official evaluation map. Shape kept."""
+    return binary / (binary.sum(-1, keepdim=True) + 1e-6)
