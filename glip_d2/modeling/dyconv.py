@@ -1,0 +1,181 @@
+"""DyConv: the visual layer of DyHead as used by GLIP (spec §4.4, §13.5-§13.8).
+
+Each output level mixes three 3x3 convolutions: of the same level, of the finer level (stride
+2) and of the coarser level (upsampled), weighted by scale attention, then applies DyReLU.
+The convolutions are modulated deformable convs whose offsets and masks are predicted from the
+current level, and the coarser-level conv reuses that memory with the official indexing quirk.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import DeformConv2d
+
+__all__ = ["HSigmoid", "DyReLU", "ModulatedDeformConv3x3", "Conv3x3Norm", "DyConv"]
+
+
+class HSigmoid(nn.Module):
+    """Hard sigmoid ``ReLU6(x + 3) / 6``."""
+
+    def forward(self, x):
+        return F.relu6(x + 3.0) / 6.0
+
+
+def _make_divisible(value, divisor=4):
+    # Round to the nearest multiple of `divisor`, never below 90% of `value` (MobileNet rule,
+    # used by the official DyReLU for its squeeze width).
+    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * value else new
+
+
+class DyReLU(nn.Module):
+    """Dynamic ReLU with two learned linear pieces per channel, ``max(x a1 + b1, x a2 + b2)``.
+
+    The coefficients come from the global average of the input through
+    ``fc`` = Linear(C, C/4) -> ReLU -> Linear(C/4, 4C) -> h-sigmoid.
+    """
+
+    def __init__(self, channels, reduction=4):
+        super().__init__()
+        squeeze = _make_divisible(channels // reduction, 4)
+        self.channels = channels
+        self.fc = nn.Sequential(
+            nn.Linear(channels, squeeze),
+            nn.ReLU(inplace=True),
+            nn.Linear(squeeze, 4 * channels),
+            HSigmoid(),
+        )
+
+    def forward(self, x):
+        """x: (B, C, H, W) -> (B, C, H, W)."""
+        b, c = x.shape[:2]
+        coeffs = self.fc(x.mean(dim=(2, 3))).view(b, 4 * c, 1, 1)
+        a1, b1, a2, b2 = torch.split(coeffs, c, dim=1)
+        # Official init_a = (1, 0), init_b = (0, 0), lambda_a = 2: slopes start near 1 and 0.
+        a1 = (a1 - 0.5) * 2.0 + 1.0
+        a2 = (a2 - 0.5) * 2.0
+        b1 = b1 - 0.5
+        b2 = b2 - 0.5
+        return torch.max(x * a1 + b1, x * a2 + b2)
+
+
+class ModulatedDeformConv3x3(DeformConv2d):
+    """torchvision's modulated deformable 3x3 conv (padding 1), always evaluated in fp32.
+
+    ``offset`` (B, 18, H_out, W_out) holds (dy, dx) pairs per kernel tap in row-major tap
+    order and ``mask`` (B, 9, H_out, W_out) the modulation, the official layout.
+    """
+
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__(
+            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=True
+        )
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        # The official op initialises the weight uniformly in +-1/sqrt(fan_in) (as above) and
+        # the bias to zero.
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x, offset, mask):
+        dtype = x.dtype
+        # Sampling positions lose precision in half precision; the official op is fp32 too.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = super().forward(x.float(), offset.float(), mask.float())
+        return out.to(dtype)
+
+
+class Conv3x3Norm(nn.Module):
+    """3x3 conv (deformable or plain, with bias) followed by GroupNorm (``conv``, ``bn``)."""
+
+    def __init__(self, in_channels, out_channels, stride, deformable, num_groups=16):
+        """num_groups: GroupNorm groups; 0 for no normalisation."""
+        super().__init__()
+        self.deformable = deformable
+        if deformable:
+            self.conv = ModulatedDeformConv3x3(in_channels, out_channels, stride)
+        else:
+            self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+        self.bn = nn.GroupNorm(num_groups, out_channels) if num_groups else None
+
+    def forward(self, x, offset=None, mask=None):
+        x = self.conv(x, offset, mask) if self.deformable else self.conv(x)
+        return self.bn(x) if self.bn is not None else x
+
+
+class DyConv(nn.Module):
+    """One DyHead visual layer over the 5 pyramid levels.
+
+    Submodules (official names): ``DyConv.{0,1,2}`` convs for the coarser, same and finer
+    level (the finer one with stride 2); ``AttnConv`` scale attention (GAP -> 1x1 conv -> ReLU,
+    then h-sigmoid); ``relu`` DyReLU; ``offset`` the 27-channel offset/mask predictor.
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        *,
+        use_dfconv=True,
+        use_dyfuse=True,
+        use_dyrelu=True,
+        gn_groups=16,
+    ):
+        super().__init__()
+        self.DyConv = nn.ModuleList(
+            [Conv3x3Norm(in_channels, out_channels, s, use_dfconv, gn_groups) for s in (1, 1, 2)]
+        )
+        if use_dyfuse:
+            self.AttnConv = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Conv2d(in_channels, 1, kernel_size=1),
+                nn.ReLU(inplace=True),
+            )
+            self.h_sigmoid = HSigmoid()
+        else:
+            self.AttnConv = None
+        self.relu = DyReLU(out_channels) if use_dyrelu else nn.ReLU()
+        self.offset = nn.Conv2d(in_channels, 27, kernel_size=3, padding=1) if use_dfconv else None
+        for m in self.modules():
+            if type(m) is nn.Conv2d:
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, features):
+        """
+        Args:
+            features (list[Tensor]): per level (B, C_in, H_l, W_l), finest first, each level
+                ceil-half the size of the previous one.
+        Returns:
+            list[Tensor]: per level (B, C_out, H_l, W_l).
+        """
+        outputs = []
+        num_levels = len(features)
+        for level, x in enumerate(features):
+            b, _, h, w = x.shape
+            offset = mask = coarse_offset = coarse_mask = None
+            if self.offset is not None:
+                om = self.offset(x)
+                offset, mask = om[:, :18], om[:, 18:].sigmoid()
+                if level < num_levels - 1:
+                    ch, cw = features[level + 1].shape[-2:]
+                    # The official CUDA op reads this level's offset/mask memory as if it had
+                    # the coarser level's size: each image's leading values, reshaped.
+                    coarse_offset = offset.reshape(b, -1)[:, : 18 * ch * cw].reshape(b, 18, ch, cw)
+                    coarse_mask = mask.reshape(b, -1)[:, : 9 * ch * cw].reshape(b, 9, ch, cw)
+
+            terms = [self.DyConv[1](x, offset, mask)]
+            if level > 0:
+                terms.append(self.DyConv[2](features[level - 1], offset, mask))
+            if level < num_levels - 1:
+                coarse = self.DyConv[0](features[level + 1], coarse_offset, coarse_mask)
+                terms.append(
+                    F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True)
+                )
+
+            stacked = torch.stack(terms)
+            if self.AttnConv is not None:
+                attn = self.h_sigmoid(torch.stack([self.AttnConv(t) for t in terms]))
+                stacked = stacked * attn
+            outputs.append(stacked.mean(dim=0))
+        return [self.relu(y) for y in outputs]

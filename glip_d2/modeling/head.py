@@ -1,0 +1,270 @@
+"""VLDyHead: GLIP's fused DyHead tower and prediction layers (spec §4.1, §4.5).
+
+The tower has ``NUM_LAYERS`` layers; each is (with early fusion) a vision-language fusion
+block, a BERT layer on the text path and a DyConv on the visual path. The prediction layers
+read the final visual features and score every location against every token with a
+normalised dot product.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.utils.registry import Registry
+from torch import nn
+
+from .dyconv import DyConv
+from .fusion import VLFusionBlock
+from .text_layer import ClampedBertLayer, TextLayerConfig
+
+__all__ = ["GLIP_HEAD_REGISTRY", "build_glip_head", "Scale", "VLDyHeadLayer", "VLDyHead"]
+
+GLIP_HEAD_REGISTRY = Registry("GLIP_HEAD")
+GLIP_HEAD_REGISTRY.__doc__ = """
+Registry for GLIP's vision-language detection heads. The registered object is called with
+``(cfg, lang_config)`` and returns an ``nn.Module`` with the forward contract of ``VLDyHead``.
+"""
+
+
+def build_glip_head(cfg, lang_config=None):
+    """Build the head named by ``cfg.MODEL.GLIP.HEAD_NAME`` (default "VLDyHead").
+
+    Args:
+        lang_config: the text encoder's config (a transformers ``PretrainedConfig`` or a dict);
+            None derives BERT-family sizes from ``MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE``.
+    """
+    name = cfg.MODEL.GLIP.get("HEAD_NAME", "VLDyHead")
+    return GLIP_HEAD_REGISTRY.get(name)(cfg, lang_config=lang_config)
+
+
+class Scale(nn.Module):
+    """A learned scalar multiplier (parameter ``scale``, shape (1,))."""
+
+    def __init__(self, init_value=1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([float(init_value)]))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+class VLDyHeadLayer(nn.Module):
+    """One tower layer: ``fusion`` (optional), ``text_layer`` (optional), ``dyconv``."""
+
+    def __init__(self, fusion, text_layer, dyconv):
+        super().__init__()
+        if fusion is not None:
+            self.fusion = fusion
+        if text_layer is not None:
+            self.text_layer = text_layer
+        self.dyconv = dyconv
+
+    def forward(self, features, hidden, text_mask, stage_outputs=None):
+        """Returns (features, hidden); appends one dict per stage to ``stage_outputs``."""
+        if hasattr(self, "fusion"):
+            features, hidden = self.fusion(features, hidden, text_mask)
+            if stage_outputs is not None:
+                stage_outputs.append({"type": "fusion", "visual": features, "lang_hidden": hidden})
+        if hasattr(self, "text_layer"):
+            hidden = self.text_layer(hidden, text_mask)
+            if stage_outputs is not None:
+                stage_outputs.append({"type": "text_layer", "lang_hidden": hidden})
+        features = self.dyconv(features)
+        if stage_outputs is not None:
+            stage_outputs.append({"type": "dyconv", "visual": features})
+        return features, hidden
+
+
+@GLIP_HEAD_REGISTRY.register()
+class VLDyHead(nn.Module):
+    """GLIP's head (official ``VLDyHead`` with the dot-product token classifier).
+
+    Forward contract (docs/DESIGN.md): ``head(features, lang)`` with ``features`` the 5 maps
+    P3..P7 (B, C_in, H_l, W_l) and ``lang`` a dict of ``hidden`` (B, L, D), ``embedded``
+    (B, L, D) and ``masks`` (B, L) returns ``logits`` [(B, H_l*W_l, L)], ``bbox_reg``
+    [(B, 4, H_l, W_l)] and ``centerness`` [(B, 1, H_l, W_l)].
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_channels,
+        channels,
+        num_layers,
+        text_config,
+        early_fuse=True,
+        use_fused_features_dot_product=True,
+        use_dfconv=True,
+        use_dyfuse=True,
+        use_dyrelu=True,
+        gn_groups=16,
+        fusion_embed_dim=2048,
+        fusion_num_heads=8,
+        fusion_dropout=0.1,
+        prior_prob=0.01,
+        log_scale=0.0,
+        clamp_value=50000.0,
+        num_levels=5,
+    ):
+        """
+        Args:
+            in_channels (int): FPN width.
+            channels (int): head width; also the fusion's visual width.
+            num_layers (int): tower layers.
+            text_config (TextLayerConfig): sizes of the text encoder (and the head's BERT layers).
+            early_fuse (bool): add a fusion block and a BERT layer before every DyConv.
+            use_fused_features_dot_product (bool): score tokens with the tower's final text
+                features; False scores the encoder's ``embedded`` features (GLIP-A), and then
+                the last layer has no BERT layer (the official DummyLayer).
+            use_dfconv, use_dyfuse, use_dyrelu (bool): DyConv options; in layer 0 they are
+                switched off when in_channels != channels (official rule).
+            gn_groups (int): GroupNorm groups in DyConv (0: no norm).
+            fusion_embed_dim, fusion_num_heads, fusion_dropout: fusion attention settings.
+            prior_prob (float): initial token probability (bias0 = -log((1-p)/p)).
+            log_scale (float): initial log temperature of the dot product.
+            clamp_value (float): bound of every official +-50000 clamp.
+            num_levels (int): pyramid levels (one ``scales`` entry each).
+        """
+        super().__init__()
+        hidden_size = text_config.hidden_size
+        self.use_fused_features_dot_product = use_fused_features_dot_product
+        self.clamp_value = clamp_value
+
+        layers = []
+        for i in range(num_layers):
+            fusion = text_layer = None
+            if early_fuse:
+                fusion = VLFusionBlock(
+                    channels if i > 0 else in_channels,
+                    hidden_size,
+                    fusion_embed_dim,
+                    fusion_num_heads,
+                    dropout=fusion_dropout,
+                    init_layer_scale=1.0 / num_layers,
+                    clamp_value=clamp_value,
+                )
+                if i < num_layers - 1 or use_fused_features_dot_product:
+                    text_layer = ClampedBertLayer(text_config, clamp_value)
+            full = i > 0 or in_channels == channels
+            dyconv = DyConv(
+                channels if i > 0 else in_channels,
+                channels,
+                use_dfconv=use_dfconv and full,
+                use_dyfuse=use_dyfuse and full,
+                use_dyrelu=use_dyrelu and full,
+                gn_groups=gn_groups,
+            )
+            layers.append(VLDyHeadLayer(fusion, text_layer, dyconv))
+        self.tower = nn.ModuleList(layers)
+
+        self.bbox_pred = nn.Conv2d(channels, 4, kernel_size=1)
+        self.centerness = nn.Conv2d(channels, 1, kernel_size=1)
+        for conv in (self.bbox_pred, self.centerness):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+        self.scales = nn.ModuleList([Scale(1.0) for _ in range(num_levels)])
+
+        self.dot_product_projection_text = nn.Linear(hidden_size, channels)
+        self.log_scale = nn.Parameter(torch.tensor([float(log_scale)]))
+        self.bias_lang = nn.Parameter(torch.zeros(hidden_size))
+        self.bias0 = nn.Parameter(torch.tensor([-math.log((1.0 - prior_prob) / prior_prob)]))
+
+    @classmethod
+    def from_config(cls, cfg, lang_config=None, in_channels=None):
+        """
+        Args:
+            lang_config: the text encoder's config (transformers config or dict), a
+                ``TextLayerConfig``, or None for BERT-family sizes of
+                ``MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE``.
+            in_channels (int or None): FPN width; default ``MODEL.FPN.OUT_CHANNELS``.
+        """
+        g = cfg.MODEL.GLIP
+        if lang_config is None:
+            text_config = TextLayerConfig.for_hidden_size(cfg.MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE)
+        elif isinstance(lang_config, TextLayerConfig):
+            text_config = lang_config
+        else:
+            text_config = TextLayerConfig.from_hf(lang_config)
+        if text_config.hidden_size != cfg.MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE:
+            raise ValueError(
+                f"text encoder hidden size {text_config.hidden_size} != "
+                f"MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE={cfg.MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE}"
+            )
+        if len(g.ANCHOR_STRIDES) != 5:
+            raise ValueError(
+                f"MODEL.GLIP.ANCHOR_STRIDES must list 5 levels (P3..P7), got {g.ANCHOR_STRIDES}"
+            )
+        return {
+            "in_channels": in_channels if in_channels is not None else cfg.MODEL.FPN.OUT_CHANNELS,
+            "channels": g.CHANNELS,
+            "num_layers": g.NUM_LAYERS,
+            "text_config": text_config,
+            "early_fuse": g.EARLY_FUSE,
+            "use_fused_features_dot_product": g.USE_FUSED_FEATURES_DOT_PRODUCT,
+            "use_dfconv": g.USE_DFCONV,
+            "use_dyfuse": g.USE_DYFUSE,
+            "use_dyrelu": g.USE_DYRELU,
+            "gn_groups": g.GN_GROUPS if g.USE_GN else 0,
+            "fusion_embed_dim": g.FUSION_EMBED_DIM,
+            "fusion_num_heads": g.FUSION_NUM_HEADS,
+            "fusion_dropout": g.FUSION_DROPOUT,
+            "prior_prob": g.PRIOR_PROB,
+            "log_scale": g.LOG_SCALE,
+            "clamp_value": g.CLAMP_VALUE,
+            "num_levels": len(g.ANCHOR_STRIDES),
+        }
+
+    def _clamp(self, x):
+        return x.clamp(min=-self.clamp_value, max=self.clamp_value) if self.clamp_value else x
+
+    def forward(self, features, lang, stage_outputs=None):
+        """
+        Args:
+            features (list[Tensor]): P3..P7, each (B, C_in, H_l, W_l).
+            lang (dict): ``hidden`` (B, L, D), ``embedded`` (B, L, D), ``masks`` (B, L).
+            stage_outputs (list or None): when given, receives one dict per tower stage in
+                official tower order (``type`` "fusion" / "text_layer" / "dyconv", with
+                ``visual`` and/or ``lang_hidden``), for debugging and parity tests.
+        Returns:
+            dict: ``logits`` [(B, H_l*W_l, L)] clamped dot-product token logits,
+            ``bbox_reg`` [(B, 4, H_l, W_l)] box deltas after the per-level scales,
+            ``centerness`` [(B, 1, H_l, W_l)] logits.
+        """
+        if len(features) != len(self.scales):
+            raise ValueError(
+                f"VLDyHead expects {len(self.scales)} feature levels, got {len(features)}"
+            )
+        for key in ("hidden", "masks"):
+            if key not in lang:
+                raise KeyError(f"VLDyHead: language dict lacks {key!r} (has {sorted(lang)})")
+        hidden, text_mask = lang["hidden"], lang["masks"]
+        features = list(features)
+        for layer in self.tower:
+            features, hidden = layer(features, hidden, text_mask, stage_outputs)
+
+        if self.use_fused_features_dot_product:
+            tokens = hidden
+        else:
+            if "embedded" not in lang:
+                raise KeyError(
+                    "VLDyHead: USE_FUSED_FEATURES_DOT_PRODUCT=False needs lang['embedded']"
+                )
+            tokens = lang["embedded"]
+        tokens = F.normalize(tokens, p=2, dim=-1)
+        proj_tokens = self.dot_product_projection_text(tokens / 2.0)  # (B, L, C)
+        token_bias = torch.matmul(tokens, self.bias_lang) + self.bias0  # (B, L)
+        temperature = self.log_scale.exp()
+
+        logits, bbox_reg, centerness = [], [], []
+        for level, x in enumerate(features):
+            queries = x.flatten(2).transpose(1, 2)  # (B, H*W, C), row-major locations
+            logit = (
+                torch.matmul(queries, proj_tokens.transpose(-1, -2)) / temperature
+                + token_bias[:, None, :]
+            )
+            logits.append(self._clamp(logit))
+            bbox_reg.append(self.scales[level](self.bbox_pred(x)))
+            centerness.append(self.centerness(x))
+        return {"logits": logits, "bbox_reg": bbox_reg, "centerness": centerness}
