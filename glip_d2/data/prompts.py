@@ -12,6 +12,7 @@ __all__ = [
     "build_detection_prompt",
     "chunk_phrases",
     "count_prompt_tokens",
+    "TrainingPromptSampler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _override_parts(name, overrides):
     return entry.get("prefix", ""), text, entry.get("suffix", "")
 
 
-def build_detection_prompt(names, separator=". ", overrides=None):
+def build_detection_prompt(names, separator=". ", overrides=None, check_duplicates=True):
     """The evaluation / fine-tuning detection prompt (spec §6.4, official ``_simple`` variant).
 
     Args:
@@ -63,6 +64,7 @@ def build_detection_prompt(names, separator=". ", overrides=None):
         separator (str): joins consecutive entries; no trailing separator.
         overrides (dict[str, dict] | None): per-category ``{"prefix", "name", "suffix"}``
             as the official ``CAPTION_PROMPT``; the phrase span covers the name part only.
+        check_duplicates (bool): warn about names identical after cleaning.
 
     Returns:
         (str, list[list[list[int]]]): caption and, per name, ``[[start, end)]``.
@@ -89,7 +91,7 @@ def build_detection_prompt(names, separator=". ", overrides=None):
         if i != len(names) - 1:
             caption += separator
     duplicates = {k: v for k, v in cleaned.items() if len(v) > 1}
-    if duplicates:
+    if duplicates and check_duplicates:
         logger.warning(
             "Categories with identical prompt text after cleaning (the model cannot tell them "
             "apart): %s",
@@ -159,3 +161,106 @@ def _split_until_fits(tokenizer, names, chunk, budget, separator):
         else:
             out.append([i])
     return out
+
+
+class TrainingPromptSampler:
+    """Detection labels -> a shuffled grounding prompt with sampled negatives (spec §5.1).
+
+    The official ``convert_object_detection_to_grounding_optimized_for_od`` with shuffling:
+
+    1. Shuffle the positive classes; keep them while the running word-piece count of
+       ``clean_name(name) + ". "`` stays <= ``max_tokens`` (254 = 256 - [CLS] - [SEP]). The
+       positive length used below *includes* the first class that no longer fits (official quirk).
+    2. ``k`` negatives: all ``min(num_negatives, C)`` with probability ``full_negative_prob``,
+       else ``k ~ U{1..min(num_negatives, C)}``; drawn without replacement from the ``C``
+       dataset classes, positives removed. (The official pool also holds a "__background__"
+       id 0; D2 metadata has none, so here every draw is a real class.)
+    3. Keep shuffled negatives while ``max_tokens - positive_length - sum(lengths) > 0``.
+    4. Shuffle negatives + positives together and join the cleaned names with ``separator``.
+
+    Args:
+        tokenizer: a transformers tokenizer (only ``tokenize`` is used).
+        class_names (list[str]): the dataset's ``thing_classes`` (contiguous ids).
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        class_names,
+        *,
+        num_negatives=85,
+        full_negative_prob=0.5,
+        max_tokens=254,
+        separator=". ",
+        shuffle=True,
+    ):
+        self.class_names = list(class_names)
+        if not self.class_names:
+            raise ValueError("TrainingPromptSampler: the dataset has no class names")
+        build_detection_prompt(self.class_names)  # validates names once, warns on duplicates
+        # Official lengths are of "name. " (the separator counted with each class).
+        self.lengths = [
+            count_prompt_tokens(tokenizer, clean_name(n) + ". ") for n in self.class_names
+        ]
+        self.num_negatives = num_negatives
+        self.full_negative_prob = full_negative_prob
+        self.max_tokens = max_tokens
+        self.separator = separator
+        self.shuffle = shuffle
+
+    def __call__(self, positive_classes, rng):
+        """Sample one prompt.
+
+        Args:
+            positive_classes (Iterable[int]): class ids of the image's boxes (repeats allowed).
+            rng (random.Random): the randomness source (seed it for reproducible prompts).
+
+        Returns:
+            (caption, phrase_spans, phrase_classes): the caption, per phrase ``[[start, end)]``,
+            and per phrase its class id. Classes of dropped positives are absent, so their
+            boxes must be dropped by the caller.
+        """
+        num_classes = len(self.class_names)
+        for c in set(positive_classes):
+            if not 0 <= c < num_classes:
+                raise ValueError(f"Class id {c} outside [0, {num_classes}) of the class names")
+        positives = sorted(set(positive_classes))
+        if self.shuffle:
+            rng.shuffle(positives)
+        kept, length = [], 0
+        for c in positives:
+            length += self.lengths[c]
+            if length > self.max_tokens:
+                break
+            kept.append(c)
+
+        full = min(self.num_negatives, num_classes)
+        if full <= 0:
+            k = 0
+        elif rng.random() < self.full_negative_prob:
+            k = full
+        else:
+            k = rng.randint(1, full)
+        kept_set = set(kept)
+        negatives = [c for c in rng.sample(range(num_classes), k) if c not in kept_set]
+        if self.shuffle:
+            rng.shuffle(negatives)
+        else:
+            negatives.sort()
+        room = self.max_tokens - length
+        screened = []
+        for c in negatives:
+            room -= self.lengths[c]
+            if room <= 0:
+                break
+            screened.append(c)
+
+        classes = screened + kept
+        if self.shuffle:
+            rng.shuffle(classes)
+        if not classes:
+            raise ValueError("TrainingPromptSampler: no class fits in the prompt")
+        caption, spans = build_detection_prompt(
+            [self.class_names[c] for c in classes], self.separator, check_duplicates=False
+        )
+        return caption, spans, classes
