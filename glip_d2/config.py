@@ -128,4 +128,6 @@ def add_glip_config(cfg):
     _C.TEST.GLIP = CN()
     # LVIS fixed-AP protocol (top 10000 per category, no per-image cap) instead of standard AP.
     _C.TEST.GLIP.LVIS_FIXED_AP = False
+    # Flickr30K recall against each GT box ("separate") or a phrase's enclosing box ("merged").
+    _C.TEST.GLIP.FLICKR_GT_TYPE = "separate"
     return cfg

@@ -1,0 +1,21 @@
+"""Training pieces used by ``train_net.py``: optimizer/param groups, EMA, the step loop."""
+
+from .ema import EMAHook, ModelEMA
+from .optimizer import (
+    apply_tuning_mode,
+    build_glip_optimizer,
+    glip_optimizer_params,
+    maybe_add_full_model_gradient_clipping,
+)
+from .train_loop import GLIPSimpleTrainer, build_train_loop
+
+__all__ = [
+    "EMAHook",
+    "GLIPSimpleTrainer",
+    "ModelEMA",
+    "apply_tuning_mode",
+    "build_glip_optimizer",
+    "build_train_loop",
+    "glip_optimizer_params",
+    "maybe_add_full_model_gradient_clipping",
+]

@@ -1,0 +1,20 @@
+"""Evaluators: COCO (+1 export), LVIS (fixed AP), Flickr30K recall, RefCOCO accuracy, ODinW."""
+
+from .build import EVALUATOR_TYPES, build_glip_evaluator
+from .coco import GLIPCOCOEvaluator, legacy_instances_to_coco_json
+from .grounding import FlickrRecallEvaluator, RefExpAccuracyEvaluator, box_iou_xyxy
+from .lvis import GLIPLVISEvaluator, top_k_per_category
+from .odinw import average_over_datasets
+
+__all__ = [
+    "EVALUATOR_TYPES",
+    "FlickrRecallEvaluator",
+    "GLIPCOCOEvaluator",
+    "GLIPLVISEvaluator",
+    "RefExpAccuracyEvaluator",
+    "average_over_datasets",
+    "box_iou_xyxy",
+    "build_glip_evaluator",
+    "legacy_instances_to_coco_json",
+    "top_k_per_category",
+]
