@@ -1,3 +1,40 @@
-from .official import DROPPED_OFFICIAL_KEYS, convert_official_state_dict, official_to_glip_d2_key
+"""Official GLIP checkpoints: key mapping both ways, safe reading, ``GLIPCheckpointer``."""
 
-__all__ = ["DROPPED_OFFICIAL_KEYS", "convert_official_state_dict", "official_to_glip_d2_key"]
+from .checkpointer import CheckpointMismatchError, GLIPCheckpointer
+from .io import (
+    describe_checkpoint,
+    holds_text_encoder,
+    is_official_state_dict,
+    load_checkpoint_file,
+    select_official_state_dict,
+    use_text_encoder_from_weights,
+)
+from .official import (
+    DROPPED_OFFICIAL_KEYS,
+    TEXT_ENCODER_PREFIX,
+    convert_official_state_dict,
+    glip_d2_to_official,
+    glip_d2_to_official_key,
+    official_cell_anchors,
+    official_to_glip_d2_key,
+    swin_relative_position_index,
+)
+
+__all__ = [
+    "CheckpointMismatchError",
+    "DROPPED_OFFICIAL_KEYS",
+    "GLIPCheckpointer",
+    "TEXT_ENCODER_PREFIX",
+    "convert_official_state_dict",
+    "describe_checkpoint",
+    "glip_d2_to_official",
+    "glip_d2_to_official_key",
+    "holds_text_encoder",
+    "is_official_state_dict",
+    "load_checkpoint_file",
+    "official_cell_anchors",
+    "official_to_glip_d2_key",
+    "select_official_state_dict",
+    "swin_relative_position_index",
+    "use_text_encoder_from_weights",
+]
