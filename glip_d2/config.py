@@ -119,6 +119,7 @@ def add_glip_config(cfg):
     # "full", "linear_prob" or "prompt" (only the tunable linear table trains).
     _C.SOLVER.GLIP.TUNING = "full"
     _C.SOLVER.GLIP.BF16_CPU = False  # bf16 autocast for training on CPU
+    _C.SOLVER.GLIP.LOG_PERIOD = 20  # iterations between metric writes (console, json, tb)
     _C.SOLVER.EMA = CN()
     _C.SOLVER.EMA.ENABLED = False
     _C.SOLVER.EMA.DECAY = 0.999

@@ -57,7 +57,7 @@ class GLIPSimpleTrainer(SimpleTrainer):
             self.skipped_steps += 1
             logger.warning(
                 f"Non-finite loss at iteration {self.iter}: "
-                f"{ {k: float(v) for k, v in loss_dict.items()} }; step skipped"
+                f"{ {k: float(v.detach()) for k, v in loss_dict.items()} }; step skipped"
             )
             get_event_storage().put_scalar("skipped_nonfinite_steps", self.skipped_steps)
             return
