@@ -9,7 +9,7 @@ current level, and the coarser-level conv reuses that memory with the official i
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import DeformConv2d
+from torchvision.ops import DeformConv2d, deform_conv2d
 
 __all__ = ["HSigmoid", "DyReLU", "ModulatedDeformConv3x3", "Conv3x3Norm", "DyConv"]
 
@@ -78,10 +78,21 @@ class ModulatedDeformConv3x3(DeformConv2d):
         nn.init.zeros_(self.bias)
 
     def forward(self, x, offset, mask):
+        """x (B, C_in, H, W), offset (B, 18, H_out, W_out), mask (B, 9, H_out, W_out)."""
         dtype = x.dtype
         # Sampling positions lose precision in half precision; the official op is fp32 too.
+        compute = torch.promote_types(dtype, torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = super().forward(x.float(), offset.float(), mask.float())
+            out = deform_conv2d(
+                x.to(compute),
+                offset.to(compute),
+                self.weight.to(compute),
+                self.bias.to(compute),
+                stride=self.stride,
+                padding=self.padding,
+                dilation=self.dilation,
+                mask=mask.to(compute),
+            )
         return out.to(dtype)
 
 
