@@ -1,0 +1,158 @@
+"""From token logits to detections (spec §6, §13.2).
+
+Per image and level: a phrase's score is the mean of its tokens' probabilities; (location,
+phrase) pairs above ``score_threshold`` (before centerness) are candidates; at most
+``pre_nms_top_n`` of them, ranked by score x centerness, are decoded, scored
+``sqrt(score x centerness)`` and clipped to the unpadded image. Then, over all levels,
+class-aware NMS with the legacy "+1" IoU, and at most ``detections_per_image`` detections
+(every score at or above the k-th largest is kept, so ties can keep more).
+"""
+
+import torch
+from detectron2.config import configurable
+from detectron2.structures import Boxes, Instances
+from torchvision.ops import batched_nms
+
+from .box_coder import BoxCoder, clip_boxes_legacy
+
+__all__ = ["GLIPPostProcessor", "phrase_scores", "nms_legacy"]
+
+
+def phrase_scores(token_probs, positive_map):
+    """Mean token probability of each phrase.
+
+    Args:
+        token_probs (Tensor): (..., L) token probabilities.
+        positive_map (Tensor): (P, L) binary map of each phrase's tokens.
+    Returns:
+        Tensor: (..., P).
+    """
+    binary = (positive_map > 0).to(token_probs.dtype)
+    counts = binary.sum(dim=1)
+    if (counts == 0).any():
+        empty = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"phrases {empty} of the positive map cover no token")
+    return torch.matmul(token_probs, binary.t()) / counts
+
+
+def nms_legacy(boxes, scores, labels, iou_threshold):
+    """Class-aware NMS with inclusive-pixel IoU (``+1`` widths); IoU > threshold suppresses.
+
+    torchvision computes IoU without the ``+1``; shifting x2/y2 by one pixel gives it the
+    legacy widths, intersections and areas.
+
+    Returns:
+        Tensor: kept indices, by decreasing score.
+    """
+    shifted = boxes.clone()
+    shifted[:, 2:] += 1
+    return batched_nms(shifted, scores, labels, iou_threshold)
+
+
+class GLIPPostProcessor:
+    """Turns the head's outputs into per-image ``Instances`` (resized-image coordinates)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        box_coder,
+        score_threshold=0.05,
+        pre_nms_top_n=1000,
+        nms_threshold=0.6,
+        detections_per_image=100,
+    ):
+        """
+        Args:
+            box_coder (BoxCoder): decodes box deltas against anchors.
+            score_threshold (float): on the phrase score, before centerness.
+            pre_nms_top_n (int): candidates kept per level and image.
+            nms_threshold (float): class-aware NMS IoU threshold.
+            detections_per_image (int): cap after NMS (<= 0: no cap).
+        """
+        self.box_coder = box_coder
+        self.score_threshold = score_threshold
+        self.pre_nms_top_n = pre_nms_top_n
+        self.nms_threshold = nms_threshold
+        self.detections_per_image = detections_per_image
+
+    @classmethod
+    def from_config(cls, cfg, box_coder=None):
+        g = cfg.MODEL.GLIP
+        return {
+            "box_coder": box_coder if box_coder is not None else BoxCoder(g.BBOX_REG_WEIGHTS),
+            "score_threshold": g.INFERENCE_TH,
+            "pre_nms_top_n": g.PRE_NMS_TOP_N,
+            "nms_threshold": g.NMS_TH,
+            "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+        }
+
+    def candidates(self, logits, bbox_reg, centerness, anchors, positive_map, image_size):
+        """Pre-NMS candidates of one image, all levels.
+
+        Args:
+            logits (list[Tensor]): per level (HW_l, L) token logits.
+            bbox_reg (list[Tensor]): per level (4, H_l, W_l) deltas.
+            centerness (list[Tensor]): per level (1, H_l, W_l) logits.
+            anchors (list[Tensor]): per level (HW_l, 4).
+            positive_map (Tensor): (P, L) binary phrase-token map.
+            image_size (tuple[int, int]): unpadded (h, w).
+        Returns:
+            tuple: boxes (K, 4), scores (K,), phrase indices (K,) int64, concatenated P3..P7.
+        """
+        all_boxes, all_scores, all_labels = [], [], []
+        for logit, reg, ctr, anc in zip(logits, bbox_reg, centerness, anchors, strict=True):
+            scores = phrase_scores(logit.sigmoid(), positive_map)  # (HW, P)
+            candidate = scores > self.score_threshold
+            n = min(int(candidate.sum()), self.pre_nms_top_n)
+            ctr_prob = ctr.reshape(-1).sigmoid()
+            ranked = (scores * ctr_prob[:, None])[candidate]
+            # Unsorted top-k over the candidates in (location, phrase) order, as official.
+            ranked, top = ranked.topk(n, sorted=False)
+            loc_phrase = torch.nonzero(candidate)[top]
+            loc, phrase = loc_phrase[:, 0], loc_phrase[:, 1]
+            deltas = reg.permute(1, 2, 0).reshape(-1, 4)[loc]
+            boxes = self.box_coder.decode(deltas, anc[loc])
+            all_boxes.append(clip_boxes_legacy(boxes, image_size[0], image_size[1]))
+            all_scores.append(ranked.sqrt())
+            all_labels.append(phrase)
+        return torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
+
+    def select(self, boxes, scores, labels):
+        """Class-aware NMS, then the per-image cap. Returns kept indices."""
+        keep = nms_legacy(boxes, scores, labels, self.nms_threshold)
+        cap = self.detections_per_image
+        if cap > 0 and keep.numel() > cap:
+            kept_scores = scores[keep]
+            kth = torch.kthvalue(kept_scores, keep.numel() - cap + 1).values
+            keep = keep[kept_scores >= kth]
+        return keep
+
+    def __call__(self, head_outputs, anchors, positive_maps, image_sizes):
+        """
+        Args:
+            head_outputs (dict): ``logits`` [(B, HW_l, L)], ``bbox_reg`` [(B, 4, H_l, W_l)],
+                ``centerness`` [(B, 1, H_l, W_l)].
+            anchors (list[Tensor]): per level (HW_l, 4), shared by the batch.
+            positive_maps (list[Tensor]): per image (P_i, L) binary map of its phrases.
+            image_sizes (list[tuple[int, int]]): per image unpadded (h, w).
+        Returns:
+            list[Instances]: ``pred_boxes``, ``scores``, ``pred_classes`` (phrase index).
+        """
+        results = []
+        for i, (pmap, size) in enumerate(zip(positive_maps, image_sizes, strict=True)):
+            boxes, scores, labels = self.candidates(
+                [x[i] for x in head_outputs["logits"]],
+                [x[i] for x in head_outputs["bbox_reg"]],
+                [x[i] for x in head_outputs["centerness"]],
+                anchors,
+                pmap,
+                size,
+            )
+            keep = self.select(boxes, scores, labels)
+            inst = Instances(tuple(size))
+            inst.pred_boxes = Boxes(boxes[keep])
+            inst.scores = scores[keep]
+            inst.pred_classes = labels[keep]
+            results.append(inst)
+        return results

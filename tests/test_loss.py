@@ -1,0 +1,129 @@
+"""GLIP losses (glip_d2/modeling/loss.py) on hand-computed cases.
+
+The parity of the full training losses with the official run is in test_reference_parity.py.
+"""
+
+import math
+
+import pytest
+import torch
+
+from glip_d2.modeling.box_coder import BoxCoder, GLIPAnchorGenerator
+from glip_d2.modeling.loss import (
+    GLIPLoss,
+    centerness_targets,
+    flatten_head_outputs,
+    giou_loss,
+    token_sigmoid_focal_loss,
+)
+
+LN2 = math.log(2.0)
+FL_POS = 0.25 * 0.25 * LN2  # focal loss at logit 0 for target 1 (alpha 0.25, gamma 2)
+FL_NEG = 0.75 * 0.25 * LN2  # ... for target 0
+
+
+def test_focal_loss_values_and_mask():
+    logits = torch.zeros(1, 2, 3)
+    targets = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]])
+    mask = torch.tensor([[1, 1, 0]])  # the third column is a pad: never counted
+    loss = token_sigmoid_focal_loss(logits, targets, mask)
+    assert loss.item() == pytest.approx(FL_POS + 3 * FL_NEG, rel=1e-6)
+
+
+def test_giou_loss_values():
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    assert giou_loss(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    b = torch.tensor([[20.0, 0.0, 30.0, 10.0]])  # disjoint: GIoU = -(300 - 200) / 300
+    assert giou_loss(a, b).item() == pytest.approx(1 + 1 / 3, rel=1e-6)
+    # A predicted box with x2 < x1 collapses to zero width at x1 (no overlap, enclosed by a).
+    flipped = torch.tensor([[10.0, 0.0, 0.0, 10.0]])
+    assert giou_loss(flipped, a).item() == pytest.approx(1.0, rel=1e-6)
+    # Weights multiply each pair's loss.
+    two = giou_loss(torch.cat([a, a]), torch.cat([a, b]), torch.tensor([0.5, 2.0]))
+    assert two.item() == pytest.approx(2 * (1 + 1 / 3), rel=1e-6)
+
+
+def test_centerness_targets():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 4.0, 4.0]])
+    # Anchor centres (5, 5): the box centre; (1, 2): l=1, r=3, t=b=2.
+    anchors = torch.tensor([[-5.0, -5.0, 15.0, 15.0], [-4.0, -8.0, 6.0, 12.0]])
+    out = centerness_targets(boxes, anchors)
+    assert out[0].item() == pytest.approx(1.0)
+    assert out[1].item() == pytest.approx(math.sqrt(1 / 3), rel=1e-6)
+
+
+def _setup(num_images=1):
+    gen = GLIPAnchorGenerator(
+        sizes=[[64], [128], [256], [512], [1024]],
+        aspect_ratios=[[1.0]],
+        strides=[8, 16, 32, 64, 128],
+    )
+    sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
+    levels = gen.grid_anchors(sizes)
+    anchors, per_level = torch.cat(levels), [len(a) for a in levels]
+    L = 8
+    outputs = {
+        "logits": [torch.zeros(num_images, h * w, L, requires_grad=True) for h, w in sizes],
+        "bbox_reg": [torch.zeros(num_images, 4, h, w, requires_grad=True) for h, w in sizes],
+        "centerness": [torch.zeros(num_images, 1, h, w, requires_grad=True) for h, w in sizes],
+    }
+    mask = torch.zeros(num_images, L, dtype=torch.long)
+    mask[:, :4] = 1
+    return outputs, anchors, per_level, mask
+
+
+def test_loss_with_zero_outputs():
+    outputs, anchors, per_level, mask = _setup()
+    box = torch.tensor([[-4.0, -4.0, 59.0, 59.0]])  # exactly P3 anchor (3, 3): 5 positives
+    token_map = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    loss = GLIPLoss(box_coder=BoxCoder())
+    losses = loss(outputs, anchors, per_level, [box], [token_map], mask)
+    n, p = anchors.shape[0], 5
+    # Positives: 2 target tokens + 2 negatives; background: 4 negatives (the [NoObj] column 7
+    # is a masked pad). Divided by the 5 positives.
+    expected = (p * (2 * FL_POS + 2 * FL_NEG) + (n - p) * 4 * FL_NEG) / p
+    assert losses["loss_dot_product_token"].item() == pytest.approx(expected, rel=1e-6)
+    # BCE at logit 0 is ln 2 whatever the target.
+    assert losses["loss_centerness"].item() == pytest.approx(LN2, rel=1e-6)
+    # Zero deltas decode to the anchors; the centre anchor equals the box (GIoU 1), its four
+    # neighbours are shifted by 8 px: GIoU (areas without +1) = 55*63 / (71*63), enclosing =
+    # union; their centerness targets are sqrt(23.5 / 39.5).
+    ctr = math.sqrt(23.5 / 39.5)
+    expected_reg = 2.0 * 4 * ctr * (1 - 55 / 71) / (4 * ctr + 1.0)
+    assert losses["loss_reg"].item() == pytest.approx(expected_reg, rel=1e-5)
+    sum(losses.values()).backward()
+    assert all(t.grad is not None for v in outputs.values() for t in v)
+
+
+def test_background_only_and_autocast():
+    outputs, anchors, per_level, mask = _setup(num_images=2)
+    mask[1] = 1  # image 1's prompt fills the text: [NoObj] column 7 is attended
+    loss = GLIPLoss(box_coder=BoxCoder())
+    empty = torch.zeros((0, 4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = loss(outputs, anchors, per_level, [empty, empty], [torch.zeros(0, 8)] * 2, mask)
+    n = anchors.shape[0]
+    expected = n * 4 * FL_NEG + n * (FL_POS + 7 * FL_NEG)  # floor of 1 positive
+    assert losses["loss_dot_product_token"].dtype == torch.float32
+    assert losses["loss_dot_product_token"].item() == pytest.approx(expected, rel=1e-6)
+    assert losses["loss_reg"].item() == 0.0 and losses["loss_centerness"].item() == 0.0
+    sum(losses.values()).backward()
+    assert outputs["bbox_reg"][0].grad is not None
+
+
+def test_flatten_order_and_shape_errors():
+    outputs, anchors, per_level, mask = _setup()
+    outputs["bbox_reg"][0] = torch.arange(4 * 64.0).reshape(1, 4, 8, 8)
+    _, reg, ctr = flatten_head_outputs(outputs)
+    assert reg.shape == (1, 86, 4) and ctr.shape == (1, 86)
+    assert reg[0, 9].tolist() == [9.0, 73.0, 137.0, 201.0]  # location (1, 1), row-major
+    loss = GLIPLoss(box_coder=BoxCoder())
+    with pytest.raises(ValueError, match="token map"):
+        loss(
+            outputs,
+            anchors,
+            per_level,
+            [torch.tensor([[0.0, 0.0, 20.0, 20.0]])],
+            [torch.zeros(1, 5)],
+            mask,
+        )
