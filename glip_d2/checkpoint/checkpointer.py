@@ -40,16 +40,29 @@ class GLIPCheckpointer(DetectionCheckpointer):
       weights (``MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT`` off).
     """
 
-    def __init__(self, model, save_dir="", *, ema=False, strict_shapes=True, **kwargs):
+    def __init__(
+        self,
+        model,
+        save_dir="",
+        *,
+        ema=False,
+        strict_shapes=True,
+        text_encoder_from_checkpoint=None,
+        **kwargs,
+    ):
         """
         Args:
             ema (bool): from an official file, load ``model_ema`` instead of ``model``.
-            strict_shapes (bool): raise on shape mismatches (False: Detectron2's warn-and-skip,
-                e.g. to fine-tune on a different vocabulary-size head).
+            strict_shapes (bool): raise on shape mismatches (False: Detectron2's warn-and-skip).
+            text_encoder_from_checkpoint (bool or None): the model's text encoder was built
+                without weights (``MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT``), so the
+                checkpoint must hold it. None: read ``model.language_backbone.
+                weights_from_checkpoint`` when the module has it, else False.
         """
         super().__init__(model, save_dir, **kwargs)
         self.ema = ema
         self.strict_shapes = strict_shapes
+        self.text_encoder_from_checkpoint = text_encoder_from_checkpoint
         self._loaded_path = None
 
     def _torch_load(self, f):
@@ -106,8 +119,10 @@ class GLIPCheckpointer(DetectionCheckpointer):
 
     def _check_missing(self, missing_keys, state_dict, source):
         missing = [k for k in missing_keys if not k.startswith(_OPTIONAL_MODEL_KEYS)]
-        lang = getattr(self.model, "language_backbone", None)
-        text_from_ckpt = bool(getattr(lang, "weights_from_checkpoint", False))
+        text_from_ckpt = self.text_encoder_from_checkpoint
+        if text_from_ckpt is None:
+            lang = getattr(self.model, "language_backbone", None)
+            text_from_ckpt = bool(getattr(lang, "weights_from_checkpoint", False))
         text_missing = [k for k in missing if k.startswith("language_backbone.")]
         if text_missing and not text_from_ckpt:
             logger.info(
