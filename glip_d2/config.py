@@ -55,6 +55,7 @@ def add_glip_config(cfg):
 
     # ---- GLIP head: fused DyHead, prediction layers, ATSS, inference (spec §4-§6) ----
     _C.MODEL.GLIP = CN()
+    _C.MODEL.GLIP.HEAD_NAME = "VLDyHead"  # GLIP_HEAD_REGISTRY entry (glip_d2/modeling/head.py)
     _C.MODEL.GLIP.CHANNELS = 256  # head width = FPN width = fusion visual width
     _C.MODEL.GLIP.NUM_LAYERS = 6  # DyHead layers: 6 for GLIP-T, 8 for GLIP-L
     _C.MODEL.GLIP.USE_GN = True

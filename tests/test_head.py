@@ -285,3 +285,40 @@ def test_build_and_bad_inputs():
         head(feats[:4], lang)
     with pytest.raises(KeyError, match="masks"):
         head(feats, {"hidden": lang["hidden"]})
+
+
+def test_deform_conv_runs_fp32_under_autocast():
+    torch.manual_seed(0)
+    conv = ModulatedDeformConv3x3(4, 4)
+    x, offset, mask = torch.randn(1, 4, 6, 6), torch.randn(1, 18, 6, 6), torch.rand(1, 9, 6, 6)
+    expected = conv(x, offset, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x, offset, mask)
+        half = conv(x.bfloat16(), offset, mask)
+    assert out.dtype == torch.float32 and half.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_head_under_bf16_autocast_is_finite_and_close():
+    head = VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT).eval()
+    feats, lang = _small_inputs(1)
+    with torch.no_grad():
+        ref = head(feats, lang)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = head(feats, lang)
+    for a, b in zip(low["logits"], ref["logits"], strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a.float(), b, rtol=0.05, atol=0.1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    head = _randomize(VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT)).eval()
+    feats, lang = _small_inputs(2)
+    with torch.no_grad():
+        ref = head(feats, lang)
+        head.cuda()
+        out = head([f.cuda() for f in feats], {k: v.cuda() for k, v in lang.items()})
+    for key in ("logits", "bbox_reg", "centerness"):
+        for a, b in zip(out[key], ref[key], strict=True):
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-3)

@@ -34,7 +34,7 @@ def build_glip_head(cfg, lang_config=None):
         lang_config: the text encoder's config (a transformers ``PretrainedConfig`` or a dict);
             None derives BERT-family sizes from ``MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE``.
     """
-    name = cfg.MODEL.GLIP.get("HEAD_NAME", "VLDyHead")
+    name = cfg.MODEL.GLIP.HEAD_NAME
     return GLIP_HEAD_REGISTRY.get(name)(cfg, lang_config=lang_config)
 
 
