@@ -3,7 +3,17 @@
 Importing this package registers glip_d2's modules on Detectron2's registries.
 """
 
+from . import backbone  # noqa: F401  (registration)
 from .box_coder import BoxCoder, GLIPAnchorGenerator
 from .head import GLIP_HEAD_REGISTRY, VLDyHead, build_glip_head
+from .language_backbone import LANGUAGE_BACKBONE_REGISTRY, build_language_backbone
 
-__all__ = ["BoxCoder", "GLIPAnchorGenerator", "GLIP_HEAD_REGISTRY", "VLDyHead", "build_glip_head"]
+__all__ = [
+    "LANGUAGE_BACKBONE_REGISTRY",
+    "build_language_backbone",
+    "BoxCoder",
+    "GLIPAnchorGenerator",
+    "GLIP_HEAD_REGISTRY",
+    "VLDyHead",
+    "build_glip_head",
+]

