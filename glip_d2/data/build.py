@@ -1,0 +1,101 @@
+"""Mixed-dataset train loader: several DATASETS.TRAIN sets with per-set sampling ratios."""
+
+import itertools
+import logging
+
+import torch
+from detectron2.data import DatasetCatalog, build_detection_train_loader
+from detectron2.data.build import filter_images_with_only_crowd_annotations
+from detectron2.data.common import DatasetFromList
+from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
+
+__all__ = ["get_grounding_dataset_dicts", "mixing_repeat_factors", "build_grounding_train_loader"]
+
+logger = logging.getLogger(__name__)
+
+
+def get_grounding_dataset_dicts(names, filter_empty=True):
+    """Load and concatenate several registered sets, tagging records with ``dataset_name``.
+
+    Unlike D2's ``get_detection_dataset_dicts`` this does not require equal ``thing_classes``
+    across sets: each record's prompt comes from its own dataset (detection) or caption.
+
+    Returns:
+        (list[dict], list[int]): the records and the size of each set after filtering.
+    """
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise ValueError("get_grounding_dataset_dicts: no dataset names given")
+    all_records, sizes = [], []
+    for name in names:
+        records = DatasetCatalog.get(name)
+        if not records:
+            raise ValueError(f"Dataset {name!r} is empty")
+        for r in records:
+            r.setdefault("dataset_name", name)
+        if filter_empty and "annotations" in records[0]:
+            records = filter_images_with_only_crowd_annotations(records)
+        if not records:
+            raise ValueError(f"Dataset {name!r} has no record with a non-crowd annotation")
+        all_records.append(records)
+        sizes.append(len(records))
+    return list(itertools.chain.from_iterable(all_records)), sizes
+
+
+def mixing_repeat_factors(sizes, ratios):
+    """Per-record repeat factors so that set ``i`` is drawn with probability ``ratios[i] / sum``.
+
+    A record of set ``i`` gets ``ratios[i] / sum(ratios) * N / sizes[i]`` (``N = sum(sizes)``),
+    so an epoch of D2's ``RepeatFactorTrainingSampler`` keeps about ``N`` draws.
+
+    Returns:
+        FloatTensor (N,).
+    """
+    if len(ratios) != len(sizes):
+        raise ValueError(
+            f"DATASETS.GLIP.TRAIN_RATIOS has {len(ratios)} entries for {len(sizes)} datasets"
+        )
+    if any(r <= 0 for r in ratios):
+        raise ValueError(f"DATASETS.GLIP.TRAIN_RATIOS must be positive, got {list(ratios)}")
+    total, weight = sum(sizes), sum(ratios)
+    factors = [
+        torch.full((n,), r / weight * total / n, dtype=torch.float32)
+        for n, r in zip(sizes, ratios, strict=True)
+    ]
+    return torch.cat(factors)
+
+
+def build_grounding_train_loader(cfg, mapper=None):
+    """D2's ``build_detection_train_loader`` over the mixed ``DATASETS.TRAIN`` sets.
+
+    Without ``DATASETS.GLIP.TRAIN_RATIOS`` the sets are drawn in proportion to their sizes
+    (D2's ``TrainingSampler``); with them, D2's ``RepeatFactorTrainingSampler`` with the
+    factors of :func:`mixing_repeat_factors`.
+    """
+    from .mapper import GroundingDatasetMapper
+
+    records, sizes = get_grounding_dataset_dicts(
+        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    )
+    if mapper is None:
+        mapper = GroundingDatasetMapper(cfg, True)
+    ratios = list(cfg.DATASETS.GLIP.TRAIN_RATIOS)
+    if ratios:
+        sampler = RepeatFactorTrainingSampler(
+            mixing_repeat_factors(sizes, ratios), seed=cfg.SEED if cfg.SEED >= 0 else None
+        )
+    else:
+        sampler = TrainingSampler(len(records), seed=cfg.SEED if cfg.SEED >= 0 else None)
+    logger.info(
+        "Grounding train loader: %s",
+        ", ".join(f"{n} ({s} records)" for n, s in zip(cfg.DATASETS.TRAIN, sizes, strict=True)),
+    )
+    return build_detection_train_loader(
+        dataset=DatasetFromList(records, copy=False),
+        mapper=mapper,
+        sampler=sampler,
+        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
