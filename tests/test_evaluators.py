@@ -357,3 +357,39 @@ def test_unknown_evaluator_type_is_named():
     cfg = add_glip_config(get_cfg())
     with pytest.raises(ValueError, match="glip_test_unknown.*sem_seg"):
         build_glip_evaluator(cfg, "glip_test_unknown")
+
+
+def test_flickr_phrases_from_mdetr_spans():
+    """MDETR records: boxes belong to phrases by their char spans, in the mapper's order."""
+    caption = "a man in a red shirt and a dog"
+    man, shirt, dog = [[2, 5]], [[11, 20]], [[27, 30]]
+    xywh = BoxMode.XYWH_ABS
+    record = {
+        "image_id": 5,
+        "caption": caption,
+        "tokens_positive_eval": [dog, man, shirt],  # eval order differs from annotation order
+        "annotations": [
+            {"bbox": [0, 0, 10, 10], "bbox_mode": xywh, "tokens_positive": man, "category_id": 0},
+            {
+                "bbox": [0, 20, 10, 10],
+                "bbox_mode": xywh,
+                "tokens_positive": shirt,
+                "category_id": 0,
+            },
+            {
+                "bbox": [40, 40, 10, 10],
+                "bbox_mode": xywh,
+                "tokens_positive": [[27, 29]],
+                "category_id": 0,
+            },  # overlaps "dog"
+        ],
+    }
+    _register("glip_test_flickr_mdetr", [record], evaluator_type="flickr")
+    ev = FlickrRecallEvaluator("glip_test_flickr_mdetr", distributed=False)
+    ev.reset()
+    # phrase 0 = dog (hit), 1 = man (hit), 2 = shirt (box of the man: miss)
+    out = _instances([[40, 40, 50, 50], [0, 0, 10, 10], [0, 0, 10, 10]], [0.9, 0.8, 0.7], [0, 1, 2])
+    ev.process([{"image_id": 5}], [{"instances": out}])
+    res = ev.evaluate()["flickr"]
+    assert res["R@1_all"] == pytest.approx(200 / 3)
+    assert set(res) == {"R@1_all", "R@5_all", "R@10_all", "UB_all"}

@@ -1,12 +1,17 @@
 """Phrase-grounding metrics: Flickr30K Entities recall@k (spec §7.1) and RefCOCO accuracy.
 
 Both read the ground truth from the dataset's registered records (``DatasetCatalog``), one
-record per (image, caption), keyed by ``image_id``:
+record per (image, caption), keyed by ``image_id``. The phrase index of a GT box is the one the
+model reports for it in ``pred_classes``, i.e. its position in the test-time prompt that
+:class:`~glip_d2.data.mapper.GroundingDatasetMapper` builds:
 
-* ``annotations``: dicts with ``bbox``, ``bbox_mode`` and ``category_id`` = phrase index (the
-  same index the model reports in ``pred_classes``);
-* ``phrase_types`` (Flickr, optional): per phrase a type string or a list of them
-  (``"people"``, ``"clothing"``, ...); a phrase counts under each of its types and "all".
+* MDETR grounding records (annotations with ``tokens_positive`` char spans): phrase ``k`` is
+  ``tokens_positive_eval[k]`` when the record has it, else the ``k``-th distinct span list in
+  annotation order; a box belongs to the phrase whose spans equal (else overlap) its own;
+* detection-style records: ``category_id`` is the phrase index.
+
+``phrase_types`` (Flickr, optional): per phrase a type string or a list of them
+(``"people"``, ``"clothing"``, ...); a phrase counts under each of its types and "all".
 
 IoU is computed on the boxes as given, without the legacy +1 (as the official evaluators do).
 """
@@ -41,14 +46,43 @@ def box_iou_xyxy(a, b):
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def _span_set(spans):
+    return {(int(a), int(b)) for a, b in spans}
+
+
+def _phrase_of(spans, phrases, record):
+    """Index of the phrase whose spans equal ``spans``, else the first that overlaps them."""
+    target = _span_set(spans)
+    for k, phrase in enumerate(phrases):
+        if _span_set(phrase) == target:
+            return k
+    for k, phrase in enumerate(phrases):
+        if any(a < e and s < b for a, b in phrase for s, e in target):
+            return k
+    raise ValueError(
+        f"record image_id={record.get('image_id')!r}: GT spans {sorted(target)} match no phrase "
+        f"of the caption {record.get('caption')!r}"
+    )
+
+
 def _gt_boxes_per_phrase(record):
-    """{phrase index: (n, 4) XYXY array} of one dataset record."""
+    """{phrase index: (n, 4) XYXY array} of one dataset record (see the module docstring)."""
+    annos = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+    phrases = record.get("tokens_positive_eval")
+    if not phrases:
+        phrases = []
+        for ann in annos:
+            spans = [list(map(int, s)) for s in ann.get("tokens_positive", [])]
+            if spans and spans not in phrases:
+                phrases.append(spans)
     boxes = defaultdict(list)
-    for ann in record.get("annotations", []):
-        xyxy = BoxMode.convert(
-            list(ann["bbox"]), ann.get("bbox_mode", BoxMode.XYWH_ABS), BoxMode.XYXY_ABS
-        )
-        boxes[int(ann["category_id"])].append(xyxy)
+    for ann in annos:
+        if ann.get("tokens_positive"):
+            phrase = _phrase_of(ann["tokens_positive"], phrases, record)
+        else:
+            phrase = int(ann["category_id"])
+        mode = ann.get("bbox_mode", BoxMode.XYWH_ABS)
+        boxes[phrase].append(BoxMode.convert(list(ann["bbox"]), mode, BoxMode.XYXY_ABS))
     return {k: np.asarray(v, dtype=np.float64) for k, v in boxes.items()}
 
 
