@@ -322,3 +322,25 @@ def test_cuda_matches_cpu():
     for key in ("logits", "bbox_reg", "centerness"):
         for a, b in zip(out[key], ref[key], strict=True):
             torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-3)
+
+
+def test_text_layer_sizes_from_bundled_minilm_config():
+    from transformers import BertConfig
+
+    from glip_d2.modeling.language_backbone import bundled_minilm_path
+
+    text = TextLayerConfig.from_hf(BertConfig.from_pretrained(str(bundled_minilm_path())))
+    assert (text.hidden_size, text.num_attention_heads, text.intermediate_size) == (384, 12, 1536)
+    assert (text.layer_norm_eps, text.hidden_act) == (1e-12, "gelu")
+    assert TextLayerConfig.for_hidden_size(768) == TextLayerConfig()
+
+
+def test_fusion_in_half_precision_masks_without_overflow():
+    # -9e15 does not fit in fp16; the text bias must be built in fp32.
+    torch.manual_seed(0)
+    block = VLFusionBlock(16, 24, 32, 4).half().eval()
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0, 0]])
+    with torch.no_grad():
+        v, l = block([torch.randn(1, 16, 4, 4).half()], torch.randn(1, 7, 24).half(), mask)
+    assert v[0].dtype == l.dtype == torch.float16
+    assert torch.isfinite(v[0]).all() and torch.isfinite(l).all()

@@ -113,11 +113,13 @@ class BiMultiHeadAttention(nn.Module):
 
         # Image -> text: padded tokens get -9e15, valid ones +1 (the official long mask).
         if text_mask is not None:
-            bias = text_mask.to(scores.dtype).masked_fill(text_mask == 0, _PAD_TOKEN_BIAS)
+            # Built in (at least) fp32: -9e15 overflows fp16, and fp16 scores are promoted.
+            bias_dtype = torch.promote_types(scores.dtype, torch.float32)
+            bias = text_mask.to(bias_dtype).masked_fill(text_mask == 0, _PAD_TOKEN_BIAS)
             scores = (
                 scores.view(batch, self.num_heads, num_v, num_l) + bias[:, None, None, :]
             ).view(batch * self.num_heads, num_v, num_l)
-        attn_v = scores.softmax(dim=-1)
+        attn_v = scores.softmax(dim=-1).to(value_l.dtype)
 
         attn_v = F.dropout(attn_v, p=self.dropout, training=self.training)
         attn_l = F.dropout(attn_l, p=self.dropout, training=self.training)
