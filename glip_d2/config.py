@@ -28,7 +28,7 @@ def add_glip_config(cfg):
     _C.MODEL.SWIN.MLP_RATIO = 4.0
     _C.MODEL.SWIN.DROP_PATH_RATE = 0.2  # stochastic depth, linear over all blocks (0.4 for GLIP-L)
     _C.MODEL.SWIN.OUT_FEATURES = ["stage3", "stage4", "stage5"]  # C3..C5 feed the FPN
-    # Freeze patch embedding (>=1) and the first N-1 stages (official FREEZE_CONV_BODY_AT).
+    # Official FREEZE_CONV_BODY_AT: -1 none, >=0 patch embedding, N>=2 also the first N-1 stages.
     _C.MODEL.SWIN.FREEZE_AT = -1
     # Recompute blocks in backward to save memory (official USE_CHECKPOINT); train only.
     _C.MODEL.SWIN.USE_CHECKPOINT = False
