@@ -171,3 +171,34 @@ def test_from_config_multiscale(tokenizer, image_file):
     shapes = {tuple(mapper(record)["image"].shape[1:]) for _ in range(12)}
     assert shapes <= {(64, 85), (96, 128)} and len(shapes) >= 1
     assert mapper.flip_prob == 0.5 and mapper.num_negatives == 85
+
+
+def test_matches_official_preprocessing(reference_dir, tokenizer):
+    """Image 1 of the reference (a caption): resized pixels, boxes and prompt as official."""
+    from conftest import load_reference
+
+    from glip_d2.data.transforms import GLIPResizeShortestEdge
+
+    ref = load_reference(reference_dir, "inputs")
+    orig = ref["train_gt_boxes_orig_xyxy"][1].tolist()
+    spans = ref["tokens_positive_char_spans"][1]
+    phrase = ref["train_gt_phrase_index"][1].tolist()
+    record = _grounding_record(
+        str(reference_dir / "image1.png"),
+        ref["captions"][1],
+        [
+            ([x1, y1, x2 - x1 + 1, y2 - y1 + 1], spans[p])
+            for (x1, y1, x2, y2), p in zip(orig, phrase, strict=True)
+        ],
+    )
+    record["height"], record["width"] = 240, 400
+    mapper = _mapper(tokenizer, augmentations=[GLIPResizeShortestEdge(224, 352)])
+    out = mapper(record)
+    mean = torch.tensor([103.530, 116.280, 123.675]).view(3, 1, 1)
+    std = torch.tensor([57.375, 57.120, 58.395]).view(3, 1, 1)
+    normalized = (out["image"].float() - mean) / std
+    assert torch.allclose(normalized, ref["preprocessed_images"][1], atol=1e-5)
+    boxes = out["instances"].gt_boxes.tensor
+    assert torch.allclose(boxes, ref["train_gt_boxes_resized_xyxy"][1], atol=1e-4)
+    # annotation spans group into the reference phrases (first-appearance order)
+    assert out["phrase_spans"] == [spans[p] for p in dict.fromkeys(phrase)]
