@@ -24,6 +24,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
+from . import modeling  # noqa: F401  (registers GLIPDetector and the backbones)
 from .checkpoint import GLIPCheckpointer, use_text_encoder_from_weights
 
 __all__ = ["GLIPPredictor", "normalize_prompt"]
@@ -173,6 +174,11 @@ class GLIPPredictor(DefaultPredictor):
         """Run several images, each with its own prompt (``prompts[i]`` for ``images[i]``;
         None: the default vocabulary for all).
 
+        Images whose resized sizes are equal run through the model together. Others run
+        separately: the fusion attention and the global-pooling attentions see zero padding
+        (spec §12.11), so padding an image to a larger batch size would change its detections.
+        Every image thus gets exactly the detections it gets alone.
+
         Returns:
             list[dict]: one ``{"instances", "phrases"}`` per image.
         """
@@ -180,13 +186,19 @@ class GLIPPredictor(DefaultPredictor):
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         prepared = [self.prepare(img, p) for img, p in zip(images, prompts, strict=True)]
-        inputs, names = [x for x, _ in prepared], [n for _, n in prepared]
+        groups = {}
+        for i, (data, _) in enumerate(prepared):
+            groups.setdefault(tuple(data["image"].shape[-2:]), []).append(i)
+        results = [None] * len(images)
         with torch.no_grad():
-            outputs = self.model(inputs)
-        return [
-            {"instances": out["instances"].to("cpu"), "phrases": list(n)}
-            for out, n in zip(outputs, names, strict=True)
-        ]
+            for indices in groups.values():
+                outputs = self.model([prepared[i][0] for i in indices])
+                for i, out in zip(indices, outputs, strict=True):
+                    results[i] = {
+                        "instances": out["instances"].to("cpu"),
+                        "phrases": prepared[i][1],
+                    }
+        return results
 
 
 def read_image(path, format="BGR"):

@@ -193,19 +193,17 @@ def test_class_names_prompt_equals_detection_prompt(predictor, reference_dir):
     assert_same_detections(out["instances"], outputs[0])
 
 
-def test_rgb_input_format_gives_the_same_result(converted_checkpoint, reference_dir, predictor):
-    from glip_d2.predictor import GLIPPredictor
-
-    cfg = reference_cfg()
-    cfg.MODEL.WEIGHTS = str(converted_checkpoint)
-    cfg.INPUT.FORMAT = "RGB"
-    rgb = GLIPPredictor(cfg)
+def test_rgb_input_format_gives_the_same_result(predictor, reference_dir):
     inputs = load_reference(reference_dir, "inputs")
     image = read_png(reference_dir, 1)
     a = predictor(image, reference_prompt(inputs, 1))["instances"]
-    b = rgb(np.ascontiguousarray(image[:, :, ::-1]), reference_prompt(inputs, 1))["instances"]
-    assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
-    assert torch.equal(a.scores, b.scores)
+    predictor.input_format = "RGB"  # as built from INPUT.FORMAT "RGB"
+    try:
+        b = predictor(np.ascontiguousarray(image[:, :, ::-1]), reference_prompt(inputs, 1))
+    finally:
+        predictor.input_format = "BGR"
+    assert torch.equal(a.pred_boxes.tensor, b["instances"].pred_boxes.tensor)
+    assert torch.equal(a.scores, b["instances"].scores)
 
 
 def test_sentence_prompt_uses_noun_phrases(predictor, reference_dir, monkeypatch):
@@ -217,11 +215,14 @@ def test_sentence_prompt_uses_noun_phrases(predictor, reference_dir, monkeypatch
 
 
 def test_batch_equals_one_by_one(predictor, reference_dir):
+    """Two image sizes; the flipped image 0 has image 0's size and so shares its model call."""
     inputs = load_reference(reference_dir, "inputs")
     images = [read_png(reference_dir, i) for i in range(2)]
-    prompts = [reference_prompt(inputs, i) for i in range(2)]
+    images.append(np.ascontiguousarray(images[0][:, ::-1]))
+    prompts = [reference_prompt(inputs, i) for i in (0, 1, 0)]
     batch = predictor.predict_batch(images, prompts)
-    for i in range(2):
+    assert len(batch) == 3
+    for i in range(3):
         single = predictor(images[i], prompts[i])
         assert batch[i]["phrases"] == single["phrases"]
         a, b = batch[i]["instances"], single["instances"]
