@@ -202,3 +202,80 @@ def test_convert_cli(tmp_path, capsys):
     # a bad input names the problem
     assert convert_main([str(tmp_path / "missing.pth"), str(tmp_path / "x.pth")]) == 1
     assert "missing.pth" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- GLIPCheckpointer on a model
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    from conftest import reference_cfg
+    from detectron2.modeling import build_model
+
+    import glip_d2.modeling  # noqa: F401
+
+    cfg = reference_cfg()
+    cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT = True
+    return build_model(cfg).eval(), cfg
+
+
+def test_glip_d2_model_keys_match_the_official_table(small_model):
+    model, _ = small_model
+    shapes = official_shapes(**SMALL)
+    converted, _ = convert_official_state_dict(meta_state_dict(shapes))
+    model_sd = model.state_dict()
+    assert set(converted) == set(model_sd)
+    assert all(tuple(converted[k].shape) == tuple(v.shape) for k, v in model_sd.items())
+
+
+def test_checkpointer_loads_official_file_and_checks(small_model, tmp_path):
+    from glip_d2.checkpoint import CheckpointMismatchError, GLIPCheckpointer
+
+    model, _ = small_model
+    sd = random_state_dict(official_shapes(**SMALL), seed=7)
+    path = tmp_path / "official.pth"
+    torch.save({"model": {"module." + k: v for k, v in sd.items()}, "optimizer": {}}, path)
+    GLIPCheckpointer(model).load(str(path))
+    got = model.state_dict()
+    converted, _ = convert_official_state_dict(sd)
+    assert all(torch.equal(got[k], v) for k, v in converted.items())  # every tensor landed
+    # shape mismatch: an error naming key and both shapes
+    bad = dict(sd)
+    bad["rpn.head.bias_lang"] = torch.zeros(768)
+    torch.save({"model": bad}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"head.bias_lang.*\(768,\).*\(384,\)"):
+        GLIPCheckpointer(model).load(str(tmp_path / "bad.pth"))
+    # a missing tensor the model needs
+    del bad["rpn.head.bias_lang"]
+    torch.save({"model": bad}, tmp_path / "missing.pth")
+    with pytest.raises(CheckpointMismatchError, match="head.bias_lang"):
+        GLIPCheckpointer(model).load(str(tmp_path / "missing.pth"))
+    # text encoder absent while the model was built to take it from the checkpoint
+    no_text = {k: v for k, v in sd.items() if not k.startswith("language_backbone.")}
+    torch.save({"model": no_text}, tmp_path / "no_text.pth")
+    with pytest.raises(CheckpointMismatchError, match="WEIGHTS_FROM_CHECKPOINT"):
+        GLIPCheckpointer(model, text_encoder_from_checkpoint=True).load(
+            str(tmp_path / "no_text.pth")
+        )
+
+
+def test_text_encoder_detection_sets_weights_from_checkpoint(tmp_path, caplog):
+    from conftest import reference_cfg
+
+    from glip_d2.checkpoint import use_text_encoder_from_weights
+
+    with_text = tmp_path / "with.pth"
+    torch.save({"model": {"module.language_backbone.body.model.x": torch.zeros(1)}}, with_text)
+    without = tmp_path / "without.pth"
+    torch.save({"model": {"module.rpn.head.bias0": torch.zeros(1)}}, without)
+    cfg = reference_cfg()
+    cfg.MODEL.WEIGHTS = str(with_text)
+    assert use_text_encoder_from_weights(cfg) is True
+    assert cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT
+    cfg.MODEL.WEIGHTS = str(without)
+    with pytest.raises(ValueError, match="holds no text-encoder weights"):
+        use_text_encoder_from_weights(cfg)
+    cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT = False
+    with caplog.at_level("WARNING"):
+        assert use_text_encoder_from_weights(cfg) is False
+    assert "bundled-minilm" in caplog.text
