@@ -279,3 +279,26 @@ def test_text_encoder_detection_sets_weights_from_checkpoint(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert use_text_encoder_from_weights(cfg) is False
     assert "bundled-minilm" in caplog.text
+
+
+@pytest.mark.parametrize("early_fuse", [True, False], ids=["GLIP-T", "GLIP-T_A"])
+def test_glip_t_model_keys_and_shapes_match_the_official_table(early_fuse):
+    """Full GLIP-T sizes: built on CPU, moved to meta, compared key by key with the table."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import glip_d2.modeling  # noqa: F401
+    from glip_d2.config import add_glip_config
+
+    cfg = add_glip_config(get_cfg())  # the defaults are GLIP-T's
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT = True
+    cfg.MODEL.GLIP.EARLY_FUSE = early_fuse
+    cfg.MODEL.GLIP.USE_FUSED_FEATURES_DOT_PRODUCT = early_fuse
+    model_sd = build_model(cfg).to("meta").state_dict()
+    converted, _ = convert_official_state_dict(
+        meta_state_dict(official_shapes(early_fuse=early_fuse))
+    )
+    assert set(converted) == set(model_sd)
+    assert all(tuple(converted[k].shape) == tuple(v.shape) for k, v in model_sd.items())
+    assert len(model_sd) == (726 if early_fuse else 726 - 6 * (18 + 16))  # no fusion, text layers
