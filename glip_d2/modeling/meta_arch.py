@@ -1,0 +1,280 @@
+"""GLIPDetector: GLIP's one-stage grounded detector as a Detectron2 meta-architecture.
+
+Pipeline (spec §1.2): BGR images are normalised and zero-padded; the visual backbone gives
+P3..P7; each distinct prompt of the batch goes through the text encoder once; the fused head
+scores every location against every token; ATSS + losses in training, phrase scores + NMS at
+inference. Vocabularies too long for one prompt are split into chunks: the visual backbone
+still runs once per image, the head once per chunk (spec §6.5).
+"""
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.structures import Boxes, ImageList, Instances
+from torch import nn
+
+from .box_coder import BoxCoder, GLIPAnchorGenerator
+from .head import build_glip_head
+from .language_backbone import build_language_backbone
+from .loss import GLIPLoss
+from .postprocess import GLIPPostProcessor
+from .prompt_batch import PromptBuilder
+
+__all__ = ["GLIPDetector"]
+
+
+@META_ARCH_REGISTRY.register()
+class GLIPDetector(nn.Module):
+    """GLIP (official ``GeneralizedVLRCNN`` with the VLDyHead RPN, no ROI heads).
+
+    Input: a list of dicts (docs/DESIGN.md): ``image`` (3, H, W) BGR 0-255, optional
+    ``height``/``width``, either ``caption`` + ``phrase_spans`` or ``class_names``, and in
+    training ``instances`` (``gt_boxes`` legacy xyxy, ``gt_classes`` phrase indices).
+    Output: training, a loss dict; inference, ``[{"instances": Instances}]`` with
+    ``pred_boxes``, ``scores`` and ``pred_classes`` (phrase index in the image's vocabulary).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone,
+        language_backbone,
+        head,
+        anchor_generator,
+        loss,
+        post_processor,
+        pixel_mean,
+        pixel_std,
+        size_divisibility=32,
+        chunk_size=0,
+        chunk_batch=4,
+        separator=". ",
+    ):
+        """
+        Args:
+            backbone (Backbone): images -> dict of the 5 pyramid levels P3..P7.
+            language_backbone (nn.Module): ``tokenizer``, ``tokenize``, forward -> text dict.
+            head (nn.Module): ``head(features, lang)`` -> logits / bbox_reg / centerness.
+            anchor_generator (GLIPAnchorGenerator): anchors of the 5 levels.
+            loss (GLIPLoss): ATSS assignment and losses.
+            post_processor (GLIPPostProcessor): detections from head outputs.
+            pixel_mean, pixel_std (list[float]): BGR 0-255 normalisation.
+            size_divisibility (int): pad images to a multiple of this.
+            chunk_size (int): at most this many class names per prompt (0: as many as fit).
+            chunk_batch (int): prompt chunks run through the head together at most.
+            separator (str): joins class names in detection prompts.
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.language_backbone = language_backbone
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.loss = loss
+        self.post_processor = post_processor
+        self.size_divisibility = size_divisibility
+        self.chunk_batch = max(int(chunk_batch), 1)
+        self.prompts = PromptBuilder(
+            language_backbone.tokenizer,
+            max_len=language_backbone.max_query_len,
+            chunk_size=chunk_size,
+            separator=separator,
+        )
+        shapes = backbone.output_shape()
+        self.in_features = sorted(shapes, key=lambda f: shapes[f].stride)
+        if len(pixel_mean) != 3 or len(pixel_std) != 3:
+            raise ValueError(f"pixel mean/std need 3 values, got {pixel_mean} / {pixel_std}")
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        language_backbone = build_language_backbone(cfg)
+        head = build_glip_head(cfg, lang_config=language_backbone.model.config)
+        shapes = backbone.output_shape()
+        ordered = [shapes[f] for f in sorted(shapes, key=lambda f: shapes[f].stride)]
+        box_coder = BoxCoder(cfg.MODEL.GLIP.BBOX_REG_WEIGHTS)
+        return {
+            "backbone": backbone,
+            "language_backbone": language_backbone,
+            "head": head,
+            "anchor_generator": GLIPAnchorGenerator(cfg, ordered),
+            "loss": GLIPLoss(cfg, box_coder=box_coder),
+            "post_processor": GLIPPostProcessor(cfg, box_coder=box_coder),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "size_divisibility": max(cfg.MODEL.GLIP.SIZE_DIVISIBILITY, backbone.size_divisibility),
+            "chunk_size": cfg.MODEL.GLIP.CHUNK_SIZE,
+            "chunk_batch": cfg.MODEL.GLIP.CHUNK_BATCH,
+            "separator": cfg.DATASETS.GLIP.SEPARATOR,
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs):
+        """Normalise the BGR images and pad them into an ``ImageList`` (zeros after norm)."""
+        images = []
+        for i, x in enumerate(batched_inputs):
+            img = x["image"]
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"image {i}: expected a (3, H, W) tensor, got {tuple(img.shape)}")
+            images.append((img.to(self.device).float() - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(images, self.size_divisibility, pad_value=0.0)
+
+    def forward(self, batched_inputs):
+        """See the class docstring."""
+        if not batched_inputs:
+            raise ValueError("GLIPDetector got an empty list of images")
+        images = self.preprocess_image(batched_inputs)
+        if self.training:
+            return self.losses(batched_inputs, images)
+        return self.inference(batched_inputs, images)
+
+    # ---- shared pieces -------------------------------------------------------------------
+
+    def _features_and_anchors(self, images):
+        feats = self.backbone(images.tensor)
+        features = [feats[f] for f in self.in_features]
+        anchors = [b.tensor for b in self.anchor_generator(features)]
+        return features, anchors
+
+    def _encode_prompts(self, jobs):
+        """Runs the text encoder once per distinct caption.
+
+        Returns:
+            dict: the text dict over the distinct captions (U, L, ...), and (len(jobs),)
+            int64 indices of each job's caption in it.
+        """
+        distinct = {}
+        for job in jobs:
+            distinct.setdefault(job.caption, len(distinct))
+        tokens = self.language_backbone.tokenize(list(distinct), device=self.device)
+        lang = self.language_backbone(tokens["input_ids"], tokens["attention_mask"])
+        index = torch.tensor([distinct[j.caption] for j in jobs], device=self.device)
+        return lang, index
+
+    def _run_head(self, features, lang, image_index, text_index):
+        """Head over (image, prompt) pairs given by the two (J,) index tensors."""
+        if image_index.numel() != features[0].shape[0] or not bool(
+            (image_index == torch.arange(image_index.numel(), device=self.device)).all()
+        ):
+            features = [f.index_select(0, image_index) for f in features]
+        lang = {k: v.index_select(0, text_index) for k, v in lang.items()}
+        return self.head(features, lang)
+
+    # ---- training ------------------------------------------------------------------------
+
+    def losses(self, batched_inputs, images=None):
+        """Loss dict of a batch (one prompt per image).
+
+        Args:
+            images (ImageList or None): already normalised images; default: preprocess.
+        """
+        if not batched_inputs:
+            raise ValueError("GLIPDetector got an empty list of images")
+        if images is None:
+            images = self.preprocess_image(batched_inputs)
+        jobs = []
+        for i, x in enumerate(batched_inputs):
+            if "instances" not in x:
+                raise ValueError(f"image {i}: training needs 'instances' (got keys {sorted(x)})")
+            jobs.extend(self.prompts.jobs(i, x, allow_chunks=False))
+
+        gt_boxes, gt_maps = [], []
+        for job, x in zip(jobs, batched_inputs, strict=True):
+            inst = x["instances"]
+            pmap = self.prompts.positive_map(job)
+            classes = inst.gt_classes.to(torch.long).cpu()
+            bad = (classes < 0) | (classes >= pmap.shape[0])
+            if bad.any():
+                raise ValueError(
+                    f"image {job.image_index}: gt_classes {classes[bad].tolist()} outside the "
+                    f"{pmap.shape[0]} phrases of caption {job.caption!r}"
+                )
+            gt_boxes.append(inst.gt_boxes.tensor.to(self.device))
+            gt_maps.append(pmap[classes].to(self.device))
+
+        features, anchors = self._features_and_anchors(images)
+        lang, text_index = self._encode_prompts(jobs)
+        image_index = torch.arange(len(jobs), device=self.device)
+        outputs = self._run_head(features, lang, image_index, text_index)
+        text_masks = lang["masks"].index_select(0, text_index)
+        return self.loss(
+            outputs,
+            torch.cat(anchors),
+            [a.shape[0] for a in anchors],
+            gt_boxes,
+            gt_maps,
+            text_masks,
+        )
+
+    # ---- inference -----------------------------------------------------------------------
+
+    def inference(self, batched_inputs, images=None, do_postprocess=True):
+        """Detections per image.
+
+        Args:
+            images (ImageList or None): already normalised images; default: preprocess.
+            do_postprocess (bool): rescale boxes to each input's ``height``/``width``.
+        Returns:
+            list[dict]: ``{"instances": Instances}`` per image.
+        """
+        if not batched_inputs:
+            raise ValueError("GLIPDetector got an empty list of images")
+        if images is None:
+            images = self.preprocess_image(batched_inputs)
+        jobs = []
+        for i, x in enumerate(batched_inputs):
+            jobs.extend(self.prompts.jobs(i, x, allow_chunks=True))
+        pmaps = [self.prompts.positive_map(j).to(self.device) for j in jobs]
+
+        features, anchors = self._features_and_anchors(images)
+        lang, text_index = self._encode_prompts(jobs)
+        # One pass per image when there are no chunks; chunks go CHUNK_BATCH at a time.
+        group = max(len(batched_inputs), self.chunk_batch)
+        per_image = [[] for _ in batched_inputs]
+        for start in range(0, len(jobs), group):
+            part = jobs[start : start + group]
+            image_index = torch.tensor([j.image_index for j in part], device=self.device)
+            outputs = self._run_head(
+                features, lang, image_index, text_index[start : start + len(part)]
+            )
+            results = self.post_processor(
+                outputs,
+                anchors,
+                pmaps[start : start + len(part)],
+                [images.image_sizes[j.image_index] for j in part],
+            )
+            for job, inst in zip(part, results, strict=True):
+                ids = torch.tensor(job.phrase_ids, dtype=torch.long, device=self.device)
+                inst.pred_classes = ids[inst.pred_classes]
+                per_image[job.image_index].append(inst)
+
+        out = []
+        for x, parts, size in zip(batched_inputs, per_image, images.image_sizes, strict=True):
+            inst = parts[0] if len(parts) == 1 else Instances.cat(parts)
+            if do_postprocess:
+                inst = rescale_instances(inst, x.get("height", size[0]), x.get("width", size[1]))
+            out.append({"instances": inst})
+        return out
+
+
+def rescale_instances(instances, height, width):
+    """Scale boxes from the resized image to (height, width), x and y separately.
+
+    As the official box-list resize: no clipping and no removal of empty boxes.
+    """
+    h, w = instances.image_size
+    scale = torch.tensor(
+        [width / w, height / h, width / w, height / h],
+        dtype=instances.pred_boxes.tensor.dtype,
+        device=instances.pred_boxes.tensor.device,
+    )
+    out = Instances((int(height), int(width)))
+    out.pred_boxes = Boxes(instances.pred_boxes.tensor * scale)
+    out.scores = instances.scores
+    out.pred_classes = instances.pred_classes
+    return out
