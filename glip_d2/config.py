@@ -72,6 +72,8 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.PRIOR_PROB = 0.01
     _C.MODEL.GLIP.LOG_SCALE = 0.0
     _C.MODEL.GLIP.CLAMP_VALUE = 50000.0  # the official +-50000 clamps
+    # Recompute each tower layer in backward to save training memory (official USE_CHECKPOINT).
+    _C.MODEL.GLIP.USE_CHECKPOINT = False
     # Anchors: one square anchor per location of size ANCHOR_SIZES[l] at stride ANCHOR_STRIDES[l].
     _C.MODEL.GLIP.ANCHOR_SIZES = [64, 128, 256, 512, 1024]
     _C.MODEL.GLIP.ANCHOR_STRIDES = [8, 16, 32, 64, 128]

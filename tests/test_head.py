@@ -221,6 +221,26 @@ def test_gradients_reach_every_parameter():
     assert head.tower[0].dyconv.offset.weight.grad.abs().sum() > 0
 
 
+def test_tower_checkpointing_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    plain = _randomize(VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT)).train()
+    recomputed = VLDyHead(_small_cfg(USE_CHECKPOINT=True), lang_config=_SMALL_TEXT).train()
+    recomputed.load_state_dict(plain.state_dict())
+    assert recomputed.use_checkpoint and not plain.use_checkpoint
+    feats, lang = _small_inputs(2)
+    grads, losses = [], []
+    for head in (plain, recomputed):
+        torch.manual_seed(3)  # same fusion-dropout masks in both runs
+        out = head(feats, lang)
+        loss = sum(t.square().mean() for t in out["logits"] + out["bbox_reg"] + out["centerness"])
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in head.named_parameters()})
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=0)
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_fusion_ignores_padded_token_values():
     torch.manual_seed(0)
     block = VLFusionBlock(16, 24, 32, 4, init_layer_scale=0.5).eval()

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .dyconv import DyConv
 from .fusion import VLFusionBlock
@@ -107,6 +108,7 @@ class VLDyHead(nn.Module):
         log_scale=0.0,
         clamp_value=50000.0,
         num_levels=5,
+        use_checkpoint=False,
     ):
         """
         Args:
@@ -126,11 +128,13 @@ class VLDyHead(nn.Module):
             log_scale (float): initial log temperature of the dot product.
             clamp_value (float): bound of every official +-50000 clamp.
             num_levels (int): pyramid levels (one ``scales`` entry each).
+            use_checkpoint (bool): recompute each tower layer in backward (training memory).
         """
         super().__init__()
         hidden_size = text_config.hidden_size
         self.use_fused_features_dot_product = use_fused_features_dot_product
         self.clamp_value = clamp_value
+        self.use_checkpoint = use_checkpoint
 
         layers = []
         for i in range(num_layers):
@@ -214,6 +218,7 @@ class VLDyHead(nn.Module):
             "log_scale": g.LOG_SCALE,
             "clamp_value": g.CLAMP_VALUE,
             "num_levels": len(g.ANCHOR_STRIDES),
+            "use_checkpoint": g.USE_CHECKPOINT,
         }
 
     def _clamp(self, x):
@@ -241,8 +246,16 @@ class VLDyHead(nn.Module):
                 raise KeyError(f"VLDyHead: language dict lacks {key!r} (has {sorted(lang)})")
         hidden, text_mask = lang["hidden"], lang["masks"]
         features = list(features)
+        recompute = self.use_checkpoint and self.training and torch.is_grad_enabled()
         for layer in self.tower:
-            features, hidden = layer(features, hidden, text_mask, stage_outputs)
+            if recompute and stage_outputs is None:
+                # Non-reentrant checkpointing replays the saved RNG state, so fusion dropout
+                # draws the same masks in the recomputation.
+                features, hidden = checkpoint(
+                    layer, features, hidden, text_mask, use_reentrant=False
+                )
+            else:
+                features, hidden = layer(features, hidden, text_mask, stage_outputs)
 
         if self.use_fused_features_dot_product:
             tokens = hidden
