@@ -156,12 +156,11 @@ class GLIPDetector(nn.Module):
         index = torch.tensor([distinct[j.caption] for j in jobs], device=self.device)
         return lang, index
 
-    def _run_head(self, features, lang, image_index, text_index):
-        """Head over (image, prompt) pairs given by the two (J,) index tensors."""
-        if image_index.numel() != features[0].shape[0] or not bool(
-            (image_index == torch.arange(image_index.numel(), device=self.device)).all()
-        ):
-            features = [f.index_select(0, image_index) for f in features]
+    def _run_head(self, features, lang, image_ids, text_index):
+        """Head over (image, prompt) pairs: ``image_ids`` (list[int]) and (J,) ``text_index``."""
+        if image_ids != list(range(features[0].shape[0])):
+            index = torch.tensor(image_ids, device=self.device)
+            features = [f.index_select(0, index) for f in features]
         lang = {k: v.index_select(0, text_index) for k, v in lang.items()}
         return self.head(features, lang)
 
@@ -199,8 +198,7 @@ class GLIPDetector(nn.Module):
 
         features, anchors = self._features_and_anchors(images)
         lang, text_index = self._encode_prompts(jobs)
-        image_index = torch.arange(len(jobs), device=self.device)
-        outputs = self._run_head(features, lang, image_index, text_index)
+        outputs = self._run_head(features, lang, list(range(len(jobs))), text_index)
         text_masks = lang["masks"].index_select(0, text_index)
         return self.loss(
             outputs,
@@ -238,9 +236,8 @@ class GLIPDetector(nn.Module):
         per_image = [[] for _ in batched_inputs]
         for start in range(0, len(jobs), group):
             part = jobs[start : start + group]
-            image_index = torch.tensor([j.image_index for j in part], device=self.device)
             outputs = self._run_head(
-                features, lang, image_index, text_index[start : start + len(part)]
+                features, lang, [j.image_index for j in part], text_index[start : start + len(part)]
             )
             results = self.post_processor(
                 outputs,

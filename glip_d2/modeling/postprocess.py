@@ -101,7 +101,10 @@ class GLIPPostProcessor:
             tuple: boxes (K, 4), scores (K,), phrase indices (K,) int64, concatenated P3..P7.
         """
         all_boxes, all_scores, all_labels = [], [], []
+        positive_map = positive_map.float()
         for logit, reg, ctr, anc in zip(logits, bbox_reg, centerness, anchors, strict=True):
+            # Scores, thresholds and decoding in fp32 also when the head ran under autocast.
+            logit, reg, ctr, anc = logit.float(), reg.float(), ctr.float(), anc.float()
             scores = phrase_scores(logit.sigmoid(), positive_map)  # (HW, P)
             candidate = scores > self.score_threshold
             n = min(int(candidate.sum()), self.pre_nms_top_n)
