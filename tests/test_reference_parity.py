@@ -54,6 +54,17 @@ def _prompt(inputs, i):
     }
 
 
+def test_parameter_counts(model):
+    """README "Parameter counts": Swin 5,122,572 + FPN 227,840 + head 9,368,884, less the
+    unused cls_logits (80 x 64 + 80) that glip_d2 drops; MiniLM 22,565,376."""
+    counts = {"language_backbone": 0, "other": 0}
+    for name, p in model.named_parameters():
+        counts["language_backbone" if name.startswith("language_backbone.") else "other"] += (
+            p.numel()
+        )
+    assert counts == {"language_backbone": 22_565_376, "other": 14_714_096}
+
+
 @pytest.mark.parametrize("index", [0, 1])
 def test_eval_preprocessed(model, data, index):
     """Normalised reference tensors fed to the model: candidates and detections."""
