@@ -127,3 +127,45 @@ def test_flatten_order_and_shape_errors():
             [torch.zeros(1, 5)],
             mask,
         )
+
+
+def _distributed_worker(rank, port, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        outputs, anchors, per_level, mask = _setup()
+        if rank == 0:  # 5 positives (see test_loss_with_zero_outputs)
+            boxes, maps = [torch.tensor([[-4.0, -4.0, 59.0, 59.0]])], [torch.zeros(1, 8)]
+            maps[0][0, 1:3] = 1.0
+        else:  # no positives: must still join both all-reduces
+            boxes, maps = [torch.zeros((0, 4))], [torch.zeros((0, 8))]
+        losses = GLIPLoss(box_coder=BoxCoder())(outputs, anchors, per_level, boxes, maps, mask)
+        results[rank] = {k: v.item() for k, v in losses.items()}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_normalisation_averaged_over_workers():
+    """Two gloo workers: positives 5 and 0 -> every worker divides by 2.5; the GIoU sum by
+    the mean centerness-target sum (1 + 4c) / 2."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_distributed_worker, args=(port, results), nprocs=2, join=True)
+    n = 86
+    c = math.sqrt(23.5 / 39.5)
+    assert results[0]["loss_dot_product_token"] == pytest.approx(
+        (5 * (2 * FL_POS + 2 * FL_NEG) + (n - 5) * 4 * FL_NEG) / 2.5, rel=1e-6
+    )
+    assert results[1]["loss_dot_product_token"] == pytest.approx(n * 4 * FL_NEG / 2.5, rel=1e-6)
+    assert results[0]["loss_centerness"] == pytest.approx(5 * LN2 / 2.5, rel=1e-6)
+    assert results[0]["loss_reg"] == pytest.approx(
+        2.0 * 4 * c * (1 - 55 / 71) / ((1 + 4 * c) / 2), rel=1e-5
+    )
+    assert results[1]["loss_reg"] == 0.0 and results[1]["loss_centerness"] == 0.0
