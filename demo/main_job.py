@@ -45,6 +45,13 @@ def parse_args(argv=None):
     parser.add_argument("--config-file", default=str(CONFIG))
     parser.add_argument("--output-dir", default=str(REPO / "output" / "main_job"))
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument(
+        "--train-seconds",
+        type=float,
+        default=540.0,
+        help="training budget: MAX_ITER is lowered (schedule scaled) to fit it at the speed "
+        "measured on this machine now (0: keep the config's MAX_ITER)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)
 
@@ -64,6 +71,42 @@ def _box_metrics(results):
         if no_dets:
             out[name]["no_detections"] = True
     return out
+
+
+def fit_schedule_to_budget(cfg, seconds, steps=6):
+    """Lower ``SOLVER.MAX_ITER`` so that training takes about ``seconds`` here and now.
+
+    Times ``steps`` training steps of a throw-away copy of the model (the first is warm-up),
+    then scales ``MAX_ITER``, ``STEPS`` and ``CHECKPOINT_PERIOD`` by the same factor so the
+    schedule keeps its shape. Returns (cfg, seconds per iteration).
+    """
+    from detectron2.utils.events import EventStorage
+
+    from glip_d2.engine import build_glip_optimizer, build_train_loop
+
+    model = train_net.Trainer.build_model(cfg)
+    loop = build_train_loop(
+        cfg, model, train_net.Trainer.build_train_loader(cfg), build_glip_optimizer(cfg, model)
+    )
+    times = []
+    with EventStorage(0):
+        for i in range(steps):
+            loop.iter = i
+            t0 = time.perf_counter()
+            loop.run_step()
+            times.append(time.perf_counter() - t0)
+    sec_per_iter = float(np.median(times[1:]))
+    fit = int(seconds / sec_per_iter)
+    if fit < cfg.SOLVER.MAX_ITER:
+        scale = fit / cfg.SOLVER.MAX_ITER
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.SOLVER.MAX_ITER = max(fit, 1)
+        cfg.SOLVER.STEPS = tuple(max(1, int(s * scale)) for s in cfg.SOLVER.STEPS)
+        cfg.SOLVER.WARMUP_ITERS = int(cfg.SOLVER.WARMUP_ITERS * scale)
+        cfg.SOLVER.CHECKPOINT_PERIOD = max(1, int(cfg.SOLVER.CHECKPOINT_PERIOD * scale))
+        cfg.freeze()
+    return cfg, sec_per_iter
 
 
 def _phrase_spans(caption, phrases):
@@ -134,6 +177,14 @@ def main(argv=None):
     t_eval_untrained = time.perf_counter() - t0
     del untrained
 
+    sec_per_iter = None
+    configured_iters = cfg.SOLVER.MAX_ITER
+    if args.train_seconds > 0 and not args.resume:
+        cfg, sec_per_iter = fit_schedule_to_budget(cfg, args.train_seconds)
+        print(
+            f"measured {sec_per_iter:.2f} s/iteration: training {cfg.SOLVER.MAX_ITER} of "
+            f"{configured_iters} iterations to fit {args.train_seconds:.0f} s"
+        )
     trainer = train_net.Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     start_iter = trainer.start_iter
@@ -150,6 +201,9 @@ def main(argv=None):
     metrics = {
         "config": os.path.relpath(args.config_file, REPO),
         "iterations": cfg.SOLVER.MAX_ITER,
+        "configured_iterations": configured_iters,
+        "measured_seconds_per_iteration": sec_per_iter,
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "started_at_iteration": start_iter,
         "images_per_batch": cfg.SOLVER.IMS_PER_BATCH,
         "torch_threads": torch.get_num_threads(),
