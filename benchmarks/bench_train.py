@@ -44,16 +44,16 @@ CASES = {
 
 def _worker(args):
     import torch
+    from detectron2.engine import default_argument_parser
     from detectron2.utils.events import EventStorage
 
-    sys.path.insert(0, str(REPO))
-    import train_net
+    import glip_d2  # noqa: F401  (registers the model and the datasets)
     from glip_d2.data.synthetic import ensure_glip_synth
-    from glip_d2.engine import GLIPSimpleTrainer, build_glip_optimizer
+    from glip_d2.engine import GLIPSimpleTrainer, GLIPTrainer, build_glip_optimizer, setup_cfg
 
     ensure_glip_synth()
     config_file, overrides = CASES[args.case]
-    targs = train_net.parse_args(
+    targs = default_argument_parser().parse_args(
         ["--config-file", str(REPO / config_file)]
         + overrides
         + [
@@ -75,11 +75,11 @@ def _worker(args):
             str(REPO / "output" / "bench_train"),
         ]
     )
-    cfg = train_net.setup(targs)
+    cfg = setup_cfg(targs)
     torch.manual_seed(0)
-    model = train_net.Trainer.build_model(cfg)
+    model = GLIPTrainer.build_model(cfg)
     optimizer = build_glip_optimizer(cfg, model)
-    loader = iter(train_net.Trainer.build_train_loader(cfg))
+    loader = iter(GLIPTrainer.build_train_loader(cfg))
     steps = args.warmup + args.runs * args.iters
     batches = [next(loader) for _ in range(steps)]
     loop = GLIPSimpleTrainer(model, batches, optimizer, bf16=args.bf16)

@@ -4,7 +4,8 @@
 1. generate ``glip_synth`` if missing (``$DETECTRON2_DATASETS/glip_synth``);
 2. evaluate the untrained (randomly initialised) model on ``glip_synth_val`` and
    ``glip_synth_test_heldout``;
-3. train ``configs/synthetic/glip_small_synth.yaml`` from scratch through ``train_net.Trainer``;
+3. train ``configs/synthetic/glip_small_synth.yaml`` from scratch through ``GLIPTrainer``
+   (what ``train_net.py`` runs);
 4. evaluate the trained model on both splits;
 5. draw the predictions for a free-text prompt on a held-out image (D2 ``Visualizer``);
 6. write ``output/main_job/metrics.json`` and print a summary.
@@ -16,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -25,13 +25,14 @@ import numpy as np
 import torch
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
+from detectron2.engine import default_argument_parser
 from detectron2.utils.visualizer import Visualizer
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # train_net.py lives at the repository root
+import glip_d2  # noqa: F401  (registers the model and the datasets)
+from glip_d2.data.synthetic import HELDOUT, ensure_glip_synth
+from glip_d2.engine import GLIPTrainer, setup_cfg
 
-import train_net  # noqa: E402
-from glip_d2.data.synthetic import HELDOUT, ensure_glip_synth  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CONFIG = REPO / "configs" / "synthetic" / "glip_small_synth.yaml"
 SPLITS = ("glip_synth_val", "glip_synth_test_heldout")
@@ -84,9 +85,9 @@ def fit_schedule_to_budget(cfg, seconds, steps=6):
 
     from glip_d2.engine import build_glip_optimizer, build_train_loop
 
-    model = train_net.Trainer.build_model(cfg)
+    model = GLIPTrainer.build_model(cfg)
     loop = build_train_loop(
-        cfg, model, train_net.Trainer.build_train_loader(cfg), build_glip_optimizer(cfg, model)
+        cfg, model, GLIPTrainer.build_train_loader(cfg), build_glip_optimizer(cfg, model)
     )
     times = []
     with EventStorage(0):
@@ -160,20 +161,20 @@ def main(argv=None):
     root = ensure_glip_synth()
     t_data = time.perf_counter() - t_start
 
-    targs = train_net.parse_args(
+    targs = default_argument_parser().parse_args(
         ["--config-file", args.config_file]
         + (["--resume"] if args.resume else [])
         + ["OUTPUT_DIR", args.output_dir, "DATASETS.TEST", str(SPLITS)]
         + args.opts
     )
-    cfg = train_net.setup(targs)
+    cfg = setup_cfg(targs)
     out_dir = Path(cfg.OUTPUT_DIR)
 
     # Untrained baseline: the same architecture at its random initialisation.
     torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
-    untrained = train_net.Trainer.build_model(cfg)
+    untrained = GLIPTrainer.build_model(cfg)
     t0 = time.perf_counter()
-    untrained_metrics = _box_metrics(train_net.Trainer.test(cfg, untrained))
+    untrained_metrics = _box_metrics(GLIPTrainer.test(cfg, untrained))
     t_eval_untrained = time.perf_counter() - t0
     del untrained
 
@@ -185,7 +186,7 @@ def main(argv=None):
             f"measured {sec_per_iter:.2f} s/iteration: training {cfg.SOLVER.MAX_ITER} of "
             f"{configured_iters} iterations to fit {args.train_seconds:.0f} s"
         )
-    trainer = train_net.Trainer(cfg)
+    trainer = GLIPTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     start_iter = trainer.start_iter
     t0 = time.perf_counter()

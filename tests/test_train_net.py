@@ -1,6 +1,7 @@
 """train_net.py end to end on the instant-test config: train, checkpoint, resume, evaluate,
 and a 2-process CPU run through D2's ``launch`` against a 1-process run."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,8 +14,17 @@ from detectron2.engine import HookBase
 from glip_d2.data.synthetic import ensure_glip_synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-import train_net  # noqa: E402
+
+
+def _load_train_net():
+    """train_net.py is a script at the repository root, not a module of the package."""
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_net = _load_train_net()
 
 CONFIG = os.path.join(REPO, "configs", "quick_schedules", "glip_small_instant_test.yaml")
 

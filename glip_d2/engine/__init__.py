@@ -1,4 +1,4 @@
-"""Training pieces used by ``train_net.py``: optimizer/param groups, EMA, the step loop."""
+"""Training: the GLIP trainer, optimizer/param groups, EMA, the step loop."""
 
 from .ema import EMAHook, ModelEMA
 from .optimizer import (
@@ -8,14 +8,18 @@ from .optimizer import (
     maybe_add_full_model_gradient_clipping,
 )
 from .train_loop import GLIPSimpleTrainer, build_train_loop
+from .trainer import GLIPTrainer, evaluate_checkpoint, setup_cfg
 
 __all__ = [
     "EMAHook",
     "GLIPSimpleTrainer",
+    "GLIPTrainer",
     "ModelEMA",
     "apply_tuning_mode",
     "build_glip_optimizer",
     "build_train_loop",
+    "evaluate_checkpoint",
     "glip_optimizer_params",
     "maybe_add_full_model_gradient_clipping",
+    "setup_cfg",
 ]

@@ -1,0 +1,168 @@
+"""GLIP's Detectron2 trainer: ``DefaultTrainer`` with GLIP's loader, optimizer, step loop,
+checkpointer, EMA and evaluators; and the config setup shared by ``train_net.py`` and the demo."""
+
+import logging
+import weakref
+from contextlib import nullcontext
+
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog, build_detection_test_loader
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, default_setup, hooks
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..checkpoint import GLIPCheckpointer
+from ..config import add_glip_config
+from ..data.build import build_grounding_train_loader
+from ..data.mapper import GroundingDatasetMapper
+from ..evaluation import average_over_datasets, build_glip_evaluator
+from .ema import EMAHook, ModelEMA
+from .optimizer import apply_tuning_mode, build_glip_optimizer
+from .train_loop import build_train_loop
+
+__all__ = ["GLIPTrainer", "evaluate_checkpoint", "setup_cfg"]
+
+logger = logging.getLogger(__name__)
+
+
+class GLIPTrainer(DefaultTrainer):
+    """D2's ``DefaultTrainer`` for GLIP.
+
+    Differences: the grounding train loader (dataset mixing), GLIP's optimizer (LANG_LR, bias
+    and norm groups, whole-model clipping, tuning modes), a step loop with bf16 autocast on CPU,
+    :class:`GLIPCheckpointer` (official files), an optional EMA of the weights (saved in the
+    checkpoints, used for evaluation), and per-dataset evaluators with the ODinW average.
+    """
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__ hard-wires SimpleTrainer/AMPTrainer and
+        # DetectionCheckpointer; the same construction order with GLIP's pieces.
+        TrainerBase.__init__(self)
+        logger = logging.getLogger("detectron2")
+        if not logger.isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        # find_unused_parameters: the frozen parts of linear-probe / prompt tuning and
+        # phrases-free batches leave some parameters without gradients.
+        model = create_ddp_model(
+            model,
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.SOLVER.GLIP.TUNING != "full",
+            **({"device_ids": None} if cfg.MODEL.DEVICE == "cpu" else {}),
+        )
+        self._trainer = build_train_loop(cfg, model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = GLIPCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.ema = None
+        if cfg.SOLVER.EMA.ENABLED:
+            self.ema = ModelEMA(model, cfg.SOLVER.EMA.DECAY)
+            self.checkpointer.add_checkpointable("ema", self.ema)
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if self.ema is not None and not self.ema.loaded_from_checkpoint:
+            # Start the average at the loaded MODEL.WEIGHTS, not at the random initialisation.
+            self.ema.reset(self.model)
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = build_model(cfg)
+        apply_tuning_mode(cfg, model)
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_glip_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_grounding_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=GroundingDatasetMapper(cfg, is_train=False)
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_glip_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """D2's ``test`` over ``DATASETS.TEST``, plus the average AP of the ODinW sets."""
+        results = super().test(cfg, model, evaluators)
+        odinw = [
+            d
+            for d in cfg.DATASETS.TEST
+            if MetadataCatalog.get(d).get("evaluator_type", None) == "odinw"
+        ]
+        if len(odinw) > 1 and comm.is_main_process():
+            results = average_over_datasets(results, odinw)
+        return results
+
+    def build_hooks(self):
+        """Timer, LR schedule, EMA (before the checkpointer, so checkpoints hold the current
+        average), periodic checkpoints, evaluation (with the EMA weights), writers. No
+        PreciseBN: GLIP has no BatchNorm statistics to re-estimate."""
+        cfg = self.cfg
+        ret = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if self.ema is not None:
+            ret.append(EMAHook(self.ema, self.model))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._evaluate))
+        if comm.is_main_process():
+            ret.append(
+                hooks.PeriodicWriter(self.build_writers(), period=cfg.SOLVER.GLIP.LOG_PERIOD)
+            )
+        return ret
+
+    def _evaluate(self):
+        with self.ema.apply_to(self.model) if self.ema is not None else nullcontext():
+            self._last_eval_results = self.test(self.cfg, self.model)
+        return self._last_eval_results
+
+
+def setup_cfg(args):
+    """get_cfg + add_glip_config + the config file + command-line overrides + default_setup."""
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="glip_d2")
+    return cfg
+
+
+def evaluate_checkpoint(cfg, resume=False):
+    """Evaluate ``MODEL.WEIGHTS`` (or, with ``resume``, the last checkpoint of OUTPUT_DIR).
+
+    With ``SOLVER.EMA.ENABLED`` and an EMA state in the file, its averaged weights are used.
+    """
+    model = GLIPTrainer.build_model(cfg)
+    checkpointer = GLIPCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    ema = ModelEMA(model, cfg.SOLVER.EMA.DECAY) if cfg.SOLVER.EMA.ENABLED else None
+    if ema is not None:
+        checkpointer.add_checkpointable("ema", ema)
+    path = (
+        checkpointer.get_checkpoint_file()
+        if resume and checkpointer.has_checkpoint()
+        else cfg.MODEL.WEIGHTS
+    )
+    checkpointer.load(path)
+    if ema is not None and ema.loaded_from_checkpoint:
+        logger.info(f"Evaluating the EMA weights of {path}")
+        ema.copy_to(model)
+    return GLIPTrainer.test(cfg, model)
