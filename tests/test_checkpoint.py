@@ -9,6 +9,7 @@ from _official_keys import SMALL, official_shapes, random_state_dict
 from conftest import load_reference
 
 from glip_d2.checkpoint import (
+    GLIPCheckpointer,
     convert_official_state_dict,
     glip_d2_to_official,
     is_official_state_dict,
@@ -302,3 +303,26 @@ def test_glip_t_model_keys_and_shapes_match_the_official_table(early_fuse):
     assert set(converted) == set(model_sd)
     assert all(tuple(converted[k].shape) == tuple(v.shape) for k, v in model_sd.items())
     assert len(model_sd) == (726 if early_fuse else 726 - 6 * (18 + 16))  # no fusion, text layers
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """A save that dies mid-write leaves the earlier file, its tag and no partial file."""
+    model = torch.nn.Linear(3, 2)
+    checkpointer = GLIPCheckpointer(model, save_dir=str(tmp_path))
+    checkpointer.save("model_0000009", iteration=9)
+    before = (tmp_path / "model_0000009.pth").read_bytes()
+
+    def dies_mid_write(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save("model_0000019", iteration=19)
+    monkeypatch.undo()
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000009.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    assert (tmp_path / "model_0000009.pth").read_bytes() == before
+    resumed = GLIPCheckpointer(torch.nn.Linear(3, 2), save_dir=str(tmp_path))
+    assert resumed.resume_or_load("", resume=True)["iteration"] == 9

@@ -8,6 +8,7 @@ because it always means the config does not describe the checkpoint's model.
 """
 
 import logging
+import os
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -64,6 +65,29 @@ class GLIPCheckpointer(DetectionCheckpointer):
         self.strict_shapes = strict_shapes
         self.text_encoder_from_checkpoint = text_encoder_from_checkpoint
         self._loaded_path = None
+
+    def save(self, name, **kwargs):
+        """fvcore's ``save``, but atomic on a local ``save_dir``: the file is written under a
+        temporary name and renamed into place, and so is the ``last_checkpoint`` tag, so an
+        interruption mid-write never leaves a truncated checkpoint or tag behind."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not os.path.isdir(self.save_dir):  # a remote PathManager location
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        _atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        if not os.path.isdir(self.save_dir):
+            return super().tag_last_checkpoint(last_filename_basename)
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        _atomic_write(tag, lambda f: f.write(last_filename_basename.encode()))
 
     def _torch_load(self, f):
         return load_checkpoint_file(f)
@@ -141,3 +165,17 @@ class GLIPCheckpointer(DetectionCheckpointer):
             raise CheckpointMismatchError(
                 f"{source} lacks {len(missing)} tensor(s) the model needs: {shown}.{hint}"
             )
+
+
+def _atomic_write(path, write):
+    """Call ``write(file)`` on ``path + ".tmp"``, flush it to disk, then rename it to ``path``."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
