@@ -4,8 +4,10 @@ Importing the package registers its backbones, language backbones, meta-architec
 datasets on Detectron2's registries and catalogs.
 """
 
-from . import data  # noqa: F401  registers datasets
-from . import modeling  # noqa: F401  (registration)
+from . import (
+    data,  # noqa: F401  registers datasets
+    modeling,  # noqa: F401  (registration)
+)
 from .config import add_glip_config
 
 __all__ = ["add_glip_config"]
