@@ -104,6 +104,21 @@ def test_full_size_configs_build_on_meta(name, checks):
     assert model.head.tower[0].fusion.gamma_v.shape == (256,) if fused else True
 
 
+@pytest.mark.parametrize(
+    "name", ["synthetic/glip_small_synth", "quick_schedules/glip_small_instant_test"]
+)
+def test_recipe_configs_build_with_their_settings(name):
+    """The main job's and the tests' configs load (every key known) and build on CPU."""
+    cfg = _cfg(name)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert isinstance(model, GLIPDetector)
+    assert model.head.log_scale.item() == cfg.MODEL.GLIP.LOG_SCALE
+    assert len(model.head.tower) == cfg.MODEL.GLIP.NUM_LAYERS == 2
+    frozen = cfg.MODEL.LANGUAGE_BACKBONE.FREEZE
+    assert all(p.requires_grad != frozen for p in model.language_backbone.parameters())
+
+
 @pytest.fixture(scope="module")
 def small():
     """GLIP-small with a low threshold so that untrained weights give detections."""
