@@ -31,13 +31,11 @@ VOCABULARIES = {"coco": "COCO (80 names)", "lvis": "LVIS v1 (1203 names)"}
 
 
 def class_names(vocabulary):
-    if vocabulary == "coco":
-        from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+    """The vocabulary as Detectron2's registered metadata gives it (what evaluation prompts)."""
+    from detectron2.data import MetadataCatalog
 
-        return [c["name"] for c in COCO_CATEGORIES if c["isthing"]]
-    from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
-
-    return [c["name"] for c in sorted(LVIS_CATEGORIES, key=lambda c: c["id"])]
+    dataset = {"coco": "coco_2017_val", "lvis": "lvis_v1_val"}[vocabulary]
+    return list(MetadataCatalog.get(dataset).thing_classes)
 
 
 def glip_t_cfg(height, width):
