@@ -82,7 +82,7 @@ def measure(vocabulary, args):
     from detectron2.utils.analysis import FlopCountAnalysis
 
     import glip_d2  # noqa: F401  (registers the model)
-    from glip_d2.data.prompts import chunk_phrases
+    from glip_d2.text.prompts import chunk_phrases
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

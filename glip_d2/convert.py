@@ -15,6 +15,7 @@ import logging
 import sys
 
 import torch
+from detectron2.config import get_cfg
 
 from .checkpoint import (
     convert_official_state_dict,
@@ -23,6 +24,7 @@ from .checkpoint import (
     load_checkpoint_file,
     select_official_state_dict,
 )
+from .config import add_glip_config
 
 __all__ = ["convert_official_file", "export_official_file", "main"]
 
@@ -100,10 +102,6 @@ def main(argv=None):
         if args.to_official:
             cfg = None
             if args.config_file:
-                from detectron2.config import get_cfg
-
-                from .config import add_glip_config
-
                 cfg = add_glip_config(get_cfg())
                 cfg.merge_from_file(args.config_file)
             n = export_official_file(args.src, args.dst, cfg)

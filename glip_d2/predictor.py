@@ -1,4 +1,5 @@
-"""``GLIPPredictor``: Detectron2's ``DefaultPredictor`` for grounded detection.
+"""``GLIPPredictor``: grounded detection on single images, the way Detectron2's
+``DefaultPredictor`` does plain detection.
 
 ::
 
@@ -8,98 +9,24 @@
     out = predictor(image_bgr, "two dogs play with a red ball")  # noun phrases (spaCy)
     out["instances"].pred_classes  # index into out["phrases"]
 
-A prompt may be
-
-* a list of class names: the model builds the detection prompt ("a. b. c", spec §6.4) and
-  splits a vocabulary longer than the text encoder's 256 tokens into chunks;
-* a caption with explicit phrases: ``{"caption": str, "phrase_spans": [[[start, end), ...],
-  ...]}`` (optional ``"phrases"``: names) or a ``(caption, phrase_spans)`` tuple;
-* a free sentence (``str``): split into noun phrases by :mod:`glip_d2.noun_phrases`;
-* ``None``: the ``thing_classes`` of ``cfg.DATASETS.TEST[0]``'s metadata.
+The accepted prompt forms are those of :func:`glip_d2.text.normalize_prompt`; ``None`` means the
+``thing_classes`` of ``cfg.DATASETS.TEST[0]``'s metadata.
 """
 
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
-from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from . import modeling  # noqa: F401  (registers GLIPDetector and the backbones)
 from .checkpoint import GLIPCheckpointer, use_text_encoder_from_weights
+from .data.transforms import GLIPResizeShortestEdge
+from .text import normalize_prompt
 
-__all__ = ["GLIPPredictor", "normalize_prompt"]
-
-
-def _check_spans(caption, spans):
-    if not isinstance(spans, (list, tuple)) or not spans:
-        raise ValueError(f"phrase_spans must be a non-empty list (one entry per phrase): {spans!r}")
-    out = []
-    for k, phrase in enumerate(spans):
-        if not isinstance(phrase, (list, tuple)) or not phrase:
-            raise ValueError(
-                f"phrase_spans[{k}] must be a non-empty list of [start, end): {phrase!r}"
-            )
-        checked = []
-        for span in phrase:
-            if (
-                not isinstance(span, (list, tuple))
-                or len(span) != 2
-                or not 0 <= int(span[0]) < int(span[1]) <= len(caption)
-            ):
-                raise ValueError(
-                    f"phrase_spans[{k}] has span {span!r}, not a [start, end) range inside the "
-                    f"caption of {len(caption)} characters"
-                )
-            checked.append([int(span[0]), int(span[1])])
-        out.append(checked)
-    return out
+__all__ = ["GLIPPredictor", "read_image"]
 
 
-def normalize_prompt(prompt, default_names=None):
-    """Turn any accepted prompt form into the model's input fields and phrase names.
-
-    Returns:
-        (dict, list[str]): either ``{"class_names": [...]}`` or ``{"caption": str,
-        "phrase_spans": [...]}``, and the name of every phrase (class index -> name).
-    Raises:
-        ValueError / TypeError: naming the value at fault.
-    """
-    if prompt is None:
-        if not default_names:
-            raise ValueError(
-                "no prompt given and cfg.DATASETS.TEST[0] has no thing_classes metadata; pass a "
-                "prompt (class names, a caption with phrase_spans, or a sentence)"
-            )
-        prompt = list(default_names)
-    if isinstance(prompt, str):
-        from .noun_phrases import extract_noun_phrases
-
-        names, spans = extract_noun_phrases(prompt)
-        return {"caption": prompt, "phrase_spans": spans}, names
-    if isinstance(prompt, dict):
-        if "caption" not in prompt or "phrase_spans" not in prompt:
-            raise ValueError(
-                f"a dict prompt needs 'caption' and 'phrase_spans' keys, got {sorted(prompt)}"
-            )
-        caption = prompt["caption"]
-        spans = _check_spans(caption, prompt["phrase_spans"])
-        names = prompt.get("phrases") or [caption[p[0][0] : p[0][1]] for p in spans]
-        if len(names) != len(spans):
-            raise ValueError(f"{len(names)} phrase names for {len(spans)} phrase_spans entries")
-        return {"caption": caption, "phrase_spans": spans}, list(names)
-    if isinstance(prompt, tuple) and len(prompt) == 2 and isinstance(prompt[0], str):
-        return normalize_prompt({"caption": prompt[0], "phrase_spans": prompt[1]})
-    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(n, str) for n in prompt):
-        if any(not n.strip() for n in prompt):
-            raise ValueError(f"class names must be non-empty strings: {list(prompt)!r}")
-        return {"class_names": list(prompt)}, list(prompt)
-    raise TypeError(
-        "prompt must be a list of class names, a {'caption', 'phrase_spans'} dict, a "
-        f"(caption, phrase_spans) tuple, a sentence or None; got {prompt!r}"
-    )
-
-
-class GLIPPredictor(DefaultPredictor):
+class GLIPPredictor:
     """Builds the model from ``cfg``, loads ``cfg.MODEL.WEIGHTS`` (official or glip_d2 files),
     and runs single-image or batched inference on BGR (``cfg.INPUT.FORMAT``) numpy images.
 
@@ -107,30 +34,34 @@ class GLIPPredictor(DefaultPredictor):
     ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``); boxes come back in original-image pixels.
     When ``MODEL.WEIGHTS`` holds the text encoder (official files do), the model is built with
     ``MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT``, so nothing is downloaded.
+
+    It does not subclass D2's ``DefaultPredictor``: the resize rule, the checkpointer and the
+    call (a prompt with every image, batches of images) all differ from it.
     """
 
-    def __init__(self, cfg, *, ema=False):
+    def __init__(self, cfg, *, ema=False, model=None):
         """
         Args:
             cfg (CfgNode): a glip_d2 config.
             ema (bool): from an official file, use ``model_ema`` instead of ``model``.
+            model (nn.Module or None): an already built (e.g. just trained) model to run
+                instead of building one and loading ``MODEL.WEIGHTS``; it is put in eval mode.
         """
-        from .data.transforms import GLIPResizeShortestEdge
-
         self.cfg = cfg.clone()
-        self.cfg.defrost()
-        use_text_encoder_from_weights(self.cfg)
-        self.cfg.freeze()
-        self.model = build_model(self.cfg)
-        self.model.eval()
+        if model is None:
+            self.cfg.defrost()
+            use_text_encoder_from_weights(self.cfg)
+            self.cfg.freeze()
+            model = build_model(self.cfg)
+            GLIPCheckpointer(
+                model,
+                ema=ema,
+                text_encoder_from_checkpoint=self.cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT,
+            ).load(self.cfg.MODEL.WEIGHTS)
+        self.model = model.eval()
         self.metadata = (
             MetadataCatalog.get(self.cfg.DATASETS.TEST[0]) if len(self.cfg.DATASETS.TEST) else None
         )
-        GLIPCheckpointer(
-            self.model,
-            ema=ema,
-            text_encoder_from_checkpoint=self.cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT,
-        ).load(self.cfg.MODEL.WEIGHTS)
         self.aug = GLIPResizeShortestEdge(
             [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST],
             self.cfg.INPUT.MAX_SIZE_TEST,

@@ -18,7 +18,7 @@ def small_setup(reference_dir, tmp_path_factory):
     from safetensors.torch import load_file
 
     from glip_d2.checkpoint import convert_official_state_dict
-    from glip_d2.modeling.language_backbone import bundled_minilm_path
+    from glip_d2.text.tokenizer import bundled_minilm_path
 
     tmp = tmp_path_factory.mktemp("demo")
     sd = load_reference(reference_dir, "state_dict_official_no_lang")

@@ -347,7 +347,7 @@ def test_cuda_matches_cpu():
 def test_text_layer_sizes_from_bundled_minilm_config():
     from transformers import BertConfig
 
-    from glip_d2.modeling.language_backbone import bundled_minilm_path
+    from glip_d2.text.tokenizer import bundled_minilm_path
 
     text = TextLayerConfig.from_hf(BertConfig.from_pretrained(str(bundled_minilm_path())))
     assert (text.hidden_size, text.num_attention_heads, text.intermediate_size) == (384, 12, 1536)

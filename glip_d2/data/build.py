@@ -9,6 +9,8 @@ from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.data.common import DatasetFromList
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 
+from .mapper import GroundingDatasetMapper
+
 __all__ = ["get_grounding_dataset_dicts", "mixing_repeat_factors", "build_grounding_train_loader"]
 
 logger = logging.getLogger(__name__)
@@ -73,8 +75,6 @@ def build_grounding_train_loader(cfg, mapper=None):
     (D2's ``TrainingSampler``); with them, D2's ``RepeatFactorTrainingSampler`` with the
     factors of :func:`mixing_repeat_factors`.
     """
-    from .mapper import GroundingDatasetMapper
-
     records, sizes = get_grounding_dataset_dicts(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     )

@@ -8,13 +8,19 @@ import re
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import DatasetMapper, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from ..modeling.language_backbone import load_tokenizer
-from .prompts import TrainingPromptSampler, build_detection_prompt, count_prompt_tokens
+from ..text import (
+    TrainingPromptSampler,
+    build_detection_prompt,
+    load_tokenizer,
+    prompt_fits,
+    record_phrases,
+)
+from .transforms import GLIPResizeShortestEdge
 
 __all__ = ["GroundingDatasetMapper", "swap_left_right"]
 
@@ -66,8 +72,11 @@ def swap_left_right(caption, phrase_spans):
     return "".join(pieces), spans
 
 
-class GroundingDatasetMapper(DatasetMapper):
+class GroundingDatasetMapper:
     """Reads a detection or grounding record and builds GLIP's input dict.
+
+    A callable like D2's ``DatasetMapper``, which it does not subclass: the prompt, the legacy
+    box convention and the caption-aware flip replace every step of that mapper.
 
     * Detection records (``category_id`` + the dataset's ``thing_classes``): in training a
       sampled prompt with negatives (:class:`TrainingPromptSampler`); at test time the fixed
@@ -124,8 +133,6 @@ class GroundingDatasetMapper(DatasetMapper):
 
     @classmethod
     def from_config(cls, cfg, is_train=True, tokenizer=None):
-        from .transforms import GLIPResizeShortestEdge
-
         if is_train:
             sizes, max_size = cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN
             style = cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
@@ -171,10 +178,9 @@ class GroundingDatasetMapper(DatasetMapper):
         if not self.is_train:
             if name not in self._test_prompts:
                 caption, spans = build_detection_prompt(classes, self.separator)
-                fits = count_prompt_tokens(self.tokenizer, caption) + 2 <= self.max_query_len
                 self._test_prompts[name] = (
                     {"caption": caption, "phrase_spans": spans, "phrase_names": list(classes)}
-                    if fits
+                    if prompt_fits(self.tokenizer, caption, self.max_query_len)
                     else {"class_names": list(classes)}
                 )
             return copy.deepcopy(self._test_prompts[name]), None
@@ -198,26 +204,13 @@ class GroundingDatasetMapper(DatasetMapper):
 
     @staticmethod
     def _grounding_prompt(record, annos, is_train):
-        caption = record["caption"]
-        if not caption:
+        """Returns (dict of prompt keys, phrase index of each annotation)."""
+        if not record["caption"]:
             raise ValueError(f"Record {record.get('file_name')!r} has an empty caption")
-        phrases, box_phrase = [], []
-        for anno in annos:
-            spans = [[int(s), int(e)] for s, e in anno["tokens_positive"]]
-            for s, e in spans:
-                if not 0 <= s < e <= len(caption):
-                    raise ValueError(
-                        f"Record {record.get('file_name')!r}: span [{s}, {e}) lies outside its "
-                        f"caption of length {len(caption)}: {caption!r}"
-                    )
-            if spans not in phrases:
-                phrases.append(spans)
-            box_phrase.append(phrases.index(spans))
-        if not is_train and record.get("tokens_positive_eval"):
-            phrases = [[list(s) for s in p] for p in record["tokens_positive_eval"]]
+        phrases, box_phrase = record_phrases(record, annos, use_eval_phrases=not is_train)
         if not phrases:
             raise ValueError(f"Record {record.get('file_name')!r} has no phrase to ground")
-        prompt = {"caption": caption, "phrase_spans": phrases}
+        prompt = {"caption": record["caption"], "phrase_spans": phrases}
         for key in ("phrase_ids", "phrase_names", "sentence_id", "original_img_id"):
             if key in record:
                 prompt[key] = copy.deepcopy(record[key])
@@ -268,10 +261,12 @@ class GroundingDatasetMapper(DatasetMapper):
         annos = [a for a in record.pop("annotations", []) if a.get("iscrowd", 0) == 0]
         is_grounding = "caption" in record
         boxes, keep = self._legacy_boxes(record, annos, height, width)
-        annos = [annos[i] for i in keep]
         if is_grounding:
+            # Phrases come from every annotation, as the grounding evaluators read them.
             prompt, box_phrase = self._grounding_prompt(record, annos, self.is_train)
+            box_phrase = [box_phrase[i] for i in keep]
         else:
+            annos = [annos[i] for i in keep]
             class_ids = [int(a["category_id"]) for a in annos]
             prompt, class_to_phrase = self._detection_prompt(record, class_ids)
             if class_to_phrase is not None:  # boxes of classes left out of the prompt go

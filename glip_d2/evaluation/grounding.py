@@ -5,9 +5,9 @@ record per (image, caption), keyed by ``image_id``. The phrase index of a GT box
 model reports for it in ``pred_classes``, i.e. its position in the test-time prompt that
 :class:`~glip_d2.data.mapper.GroundingDatasetMapper` builds:
 
-* MDETR grounding records (annotations with ``tokens_positive`` char spans): phrase ``k`` is
-  ``tokens_positive_eval[k]`` when the record has it, else the ``k``-th distinct span list in
-  annotation order; a box belongs to the phrase whose spans equal (else overlap) its own;
+* MDETR grounding records (annotations with ``tokens_positive`` char spans): the phrases and the
+  phrase of each box are those of :func:`glip_d2.text.record_phrases`, which the mapper uses too
+  (``tokens_positive_eval`` when present, else the distinct span lists in annotation order);
 * detection-style records: ``category_id`` is the phrase index.
 
 ``phrase_types`` (Flickr, optional): per phrase a type string or a list of them
@@ -26,6 +26,8 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
+
+from ..text import record_phrases
 
 __all__ = ["FlickrRecallEvaluator", "RefExpAccuracyEvaluator", "box_iou_xyxy"]
 
@@ -46,41 +48,15 @@ def box_iou_xyxy(a, b):
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def _span_set(spans):
-    return {(int(a), int(b)) for a, b in spans}
-
-
-def _phrase_of(spans, phrases, record):
-    """Index of the phrase whose spans equal ``spans``, else the first that overlaps them."""
-    target = _span_set(spans)
-    for k, phrase in enumerate(phrases):
-        if _span_set(phrase) == target:
-            return k
-    for k, phrase in enumerate(phrases):
-        if any(a < e and s < b for a, b in phrase for s, e in target):
-            return k
-    raise ValueError(
-        f"record image_id={record.get('image_id')!r}: GT spans {sorted(target)} match no phrase "
-        f"of the caption {record.get('caption')!r}"
-    )
-
-
 def _gt_boxes_per_phrase(record):
     """{phrase index: (n, 4) XYXY array} of one dataset record (see the module docstring)."""
     annos = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
-    phrases = record.get("tokens_positive_eval")
-    if not phrases:
-        phrases = []
-        for ann in annos:
-            spans = [list(map(int, s)) for s in ann.get("tokens_positive", [])]
-            if spans and spans not in phrases:
-                phrases.append(spans)
+    grounded = [i for i, a in enumerate(annos) if a.get("tokens_positive")]
+    _, box_phrase = record_phrases(record, [annos[i] for i in grounded], use_eval_phrases=True)
+    phrase_of = dict(zip(grounded, box_phrase, strict=True))
     boxes = defaultdict(list)
-    for ann in annos:
-        if ann.get("tokens_positive"):
-            phrase = _phrase_of(ann["tokens_positive"], phrases, record)
-        else:
-            phrase = int(ann["category_id"])
+    for i, ann in enumerate(annos):
+        phrase = phrase_of[i] if i in phrase_of else int(ann["category_id"])
         mode = ann.get("bbox_mode", BoxMode.XYWH_ABS)
         boxes[phrase].append(BoxMode.convert(list(ann["bbox"]), mode, BoxMode.XYXY_ABS))
     return {k: np.asarray(v, dtype=np.float64) for k, v in boxes.items()}

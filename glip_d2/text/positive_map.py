@@ -2,7 +2,9 @@
 
 import torch
 
-__all__ = ["build_positive_map", "normalize_positive_map", "span_token_range"]
+from .spans import check_phrase_spans
+
+__all__ = ["build_positive_map", "span_token_range"]
 
 
 def _char_to_token(encoding, positions):
@@ -53,32 +55,18 @@ def build_positive_map(tokenizer, caption, phrase_spans, max_len=256):
         ValueError: a span outside the caption, or a phrase covering no token (the official
             code leaves such a row empty, which turns the phrase's score into NaN).
     """
+    phrase_spans = check_phrase_spans(caption, phrase_spans)
     encoding = _tokenize(tokenizer, caption, max_len)
     out = torch.zeros((len(phrase_spans), max_len), dtype=torch.float32)
     for k, spans in enumerate(phrase_spans):
-        if len(spans) == 0:
-            raise ValueError(f"Phrase {k} has no char span (caption {caption!r})")
-        for span in spans:
-            if len(span) != 2:
-                raise ValueError(f"Phrase {k}: span {span!r} is not [start, end] ({caption!r})")
-            start, end = int(span[0]), int(span[1])
-            if not 0 <= start < end <= len(caption):
-                raise ValueError(
-                    f"Phrase {k}: span [{start}, {end}) lies outside the caption of length "
-                    f"{len(caption)}: {caption!r}"
-                )
+        for start, end in spans:
             rng = span_token_range(encoding, start, end)
             if rng is not None:
                 out[k, rng[0] : rng[1] + 1] = 1.0
         if not out[k].any():
-            texts = [caption[int(s) : int(e)] for s, e in spans]
+            texts = [caption[s:e] for s, e in spans]
             raise ValueError(
                 f"Phrase {k} {texts!r} covers no token of the caption {caption!r} "
                 f"(truncated at {max_len} tokens)"
             )
     return out
-
-
-def normalize_positive_map(binary):
-    """Rows divided by ``row_sum + 1e-6``, as the official evaluation map. Shape kept."""
-    return binary / (binary.sum(-1, keepdim=True) + 1e-6)

@@ -12,6 +12,7 @@ __all__ = [
     "build_detection_prompt",
     "chunk_phrases",
     "count_prompt_tokens",
+    "prompt_fits",
     "TrainingPromptSampler",
 ]
 
@@ -105,6 +106,15 @@ def count_prompt_tokens(tokenizer, text):
     return len(tokenizer.tokenize(text))
 
 
+def prompt_fits(tokenizer, caption, max_len):
+    """Whether ``caption`` plus [CLS] and [SEP] fits in ``max_len`` tokens.
+
+    The one test of "does this vocabulary need chunks": the official evaluation tokenizes
+    detection prompts without truncation, so a longer prompt must be split, never cut.
+    """
+    return count_prompt_tokens(tokenizer, caption) + 2 <= max_len
+
+
 def chunk_phrases(tokenizer, names, max_len=256, chunk_size=0, separator=". "):
     """Split ``names`` into consecutive chunks whose detection prompt fits ``max_len`` tokens.
 
@@ -145,18 +155,18 @@ def chunk_phrases(tokenizer, names, max_len=256, chunk_size=0, separator=". "):
     # real prompt and split further where a tokenizer merges across boundaries.
     verified = []
     for chunk in chunks:
-        verified.extend(_split_until_fits(tokenizer, names, chunk, budget, separator))
+        verified.extend(_split_until_fits(tokenizer, names, chunk, max_len, separator))
     return verified
 
 
-def _split_until_fits(tokenizer, names, chunk, budget, separator):
+def _split_until_fits(tokenizer, names, chunk, max_len, separator):
     caption, _ = build_detection_prompt([names[i] for i in chunk], separator)
-    if len(chunk) == 1 or count_prompt_tokens(tokenizer, caption) <= budget:
+    if len(chunk) == 1 or prompt_fits(tokenizer, caption, max_len):
         return [chunk]
     out = [[chunk[0]]]
     for i in chunk[1:]:
         caption, _ = build_detection_prompt([names[j] for j in out[-1] + [i]], separator)
-        if count_prompt_tokens(tokenizer, caption) <= budget:
+        if prompt_fits(tokenizer, caption, max_len):
             out[-1].append(i)
         else:
             out.append([i])
