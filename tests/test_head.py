@@ -7,10 +7,16 @@ from torch import nn
 
 from glip_d2.modeling.dyconv import DyConv, DyReLU, HSigmoid, ModulatedDeformConv3x3
 from glip_d2.modeling.fusion import VLFusionBlock
-from glip_d2.modeling.head import VLDyHead, build_glip_head
+from glip_d2.modeling.head import VLDyHead, build_glip_head, flatten_levels
 from glip_d2.modeling.text_layer import TextLayerConfig
+from glip_d2.structures import TextFeatures
 
 SIZES = [(28, 36), (14, 18), (7, 9), (4, 5), (2, 3)]  # image 0, padded 224 x 288
+
+
+def _levels(dense, sizes):
+    """(B, N, C) head output -> per level (B, H_l*W_l, C)."""
+    return dense.split([h * w for h, w in sizes], dim=1)
 
 
 def _assert_close(actual, expected, name, rel=1e-5):
@@ -33,7 +39,7 @@ def reference_run(reference_dir):
     ref = load_reference(reference_dir, "outputs_eval")[0]
     mask = ref["attention_mask"][None]
     hidden = ref["lang_backbone_hidden"][None]
-    lang = {"hidden": hidden, "embedded": hidden * mask[..., None], "masks": mask}
+    lang = TextFeatures(hidden, hidden * mask[..., None], mask)
     stages = []
     with torch.no_grad():
         out = head([f[None] for f in ref["fpn_outputs"]], lang, stages)
@@ -59,18 +65,22 @@ def test_reference_tower_stages(reference_run):
 def test_reference_predictions(reference_run):
     _, ref, out, _, valid = reference_run
     assert valid.sum().item() == 15
+    assert out["logits"].shape == (1, sum(h * w for h, w in SIZES), 256)
+    levels = {k: _levels(out[k], SIZES) for k in ("logits", "bbox_reg", "centerness")}
     for lvl, (h, w) in enumerate(SIZES):
-        logits = out["logits"][lvl]
+        logits = levels["logits"][lvl]
         assert logits.shape == (1, h * w, 256)
         _assert_close(
             logits[0][:, valid], ref["head_dot_product_logits"][lvl][:, valid], f"logits P{lvl + 3}"
         )
-        assert out["bbox_reg"][lvl].shape == (1, 4, h, w)
-        _assert_close(out["bbox_reg"][lvl][0], ref["head_bbox_reg"][lvl], f"bbox_reg P{lvl + 3}")
-        assert out["centerness"][lvl].shape == (1, 1, h, w)
-        _assert_close(
-            out["centerness"][lvl][0], ref["head_centerness"][lvl], f"centerness P{lvl + 3}"
-        )
+        for key, ref_key, channels in (
+            ("bbox_reg", "head_bbox_reg", 4),
+            ("centerness", "head_centerness", 1),
+        ):
+            ours = levels[key][lvl]
+            assert ours.shape == (1, h * w, channels)
+            theirs = flatten_levels([ref[ref_key][lvl][None]])  # official (C, H, W) maps
+            _assert_close(ours, theirs, f"{key} P{lvl + 3}")
 
 
 def test_parameter_layout_and_counts(reference_run):
@@ -113,7 +123,7 @@ def _small_inputs(batch, channels=32, length=10, valid=6, seed=0):
     hidden = torch.randn(batch, length, 48, generator=g)
     masks = torch.zeros(batch, length, dtype=torch.long)
     masks[:, :valid] = 1
-    return feats, {"hidden": hidden, "embedded": hidden * masks[..., None], "masks": masks}
+    return feats, TextFeatures(hidden, hidden * masks[..., None], masks)
 
 
 def _randomize(module, seed=1):
@@ -132,15 +142,14 @@ def test_batch_of_two_equals_each_alone():
     head = _randomize(VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT)).eval().double()
     feats, lang = _small_inputs(2)
     feats = [f.double() for f in feats]
-    lang = {k: v.double() if v.is_floating_point() else v for k, v in lang.items()}
-    lang["masks"][1, 6:8] = 1
+    lang = TextFeatures(lang.hidden.double(), lang.embedded.double(), lang.mask)
+    lang.mask[1, 6:8] = 1
     with torch.no_grad():
         both = head(feats, lang)
         for i in range(2):
-            alone = head([f[i : i + 1] for f in feats], {k: v[i : i + 1] for k, v in lang.items()})
+            alone = head([f[i : i + 1] for f in feats], lang.index_select(torch.tensor([i])))
             for key in ("logits", "bbox_reg", "centerness"):
-                for a, b in zip(both[key], alone[key], strict=True):
-                    torch.testing.assert_close(a[i : i + 1], b, rtol=1e-9, atol=1e-9)
+                torch.testing.assert_close(both[key][i : i + 1], alone[key], rtol=1e-9, atol=1e-9)
 
 
 def test_offset_prefix_reuse_for_coarser_level():
@@ -170,12 +179,12 @@ def test_glip_a_without_fusion_uses_embedded_features():
     feats, lang = _small_inputs(1)
     with torch.no_grad():
         out = head(feats, lang)
-        changed = head(feats, {**lang, "hidden": lang["hidden"] + 1.0})
-    assert [t.shape for t in out["logits"]] == [(1, h * w, 10) for h, w in _SMALL_SIZES]
-    for a, b in zip(out["logits"], changed["logits"], strict=True):
-        torch.testing.assert_close(a, b)
+        changed = head(feats, TextFeatures(lang.hidden + 1.0, lang.embedded, lang.mask))
+    levels = _levels(out["logits"], _SMALL_SIZES)
+    assert [t.shape for t in levels] == [(1, h * w, 10) for h, w in _SMALL_SIZES]
+    torch.testing.assert_close(out["logits"], changed["logits"])
     # Fresh weights: token bias = bias0 = -log(99) dominates (visual features are O(1)).
-    assert abs(out["logits"][4].mean().item() + 4.59512) < 0.5
+    assert abs(levels[4].mean().item() + 4.59512) < 0.5
 
 
 def test_early_fusion_without_fused_dot_product_drops_last_text_layer():
@@ -210,9 +219,9 @@ def test_gradients_reach_every_parameter():
     head.train()
     feats, lang = _small_inputs(2)
     out = head(feats, lang)
-    valid = lang["masks"].bool()
-    loss = sum(t[:, :, :][valid[:, None, :].expand_as(t)].sum() for t in out["logits"])
-    loss = loss + sum(t.square().sum() for t in out["bbox_reg"] + out["centerness"])
+    valid = lang.mask.bool()
+    loss = out["logits"][valid[:, None, :].expand_as(out["logits"])].sum()
+    loss = loss + out["bbox_reg"].square().sum() + out["centerness"].square().sum()
     loss.backward()
     missing = [
         n for n, p in head.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
@@ -232,7 +241,7 @@ def test_tower_checkpointing_gives_the_same_loss_and_gradients():
     for head in (plain, recomputed):
         torch.manual_seed(3)  # same fusion-dropout masks in both runs
         out = head(feats, lang)
-        loss = sum(t.square().mean() for t in out["logits"] + out["bbox_reg"] + out["centerness"])
+        loss = sum(out[k].square().mean() for k in ("logits", "bbox_reg", "centerness"))
         loss.backward()
         losses.append(loss.detach())
         grads.append({n: p.grad.clone() for n, p in head.named_parameters()})
@@ -303,8 +312,10 @@ def test_build_and_bad_inputs():
     feats, lang = _small_inputs(1)
     with pytest.raises(ValueError, match="expects 5 feature levels, got 4"):
         head(feats[:4], lang)
-    with pytest.raises(KeyError, match="masks"):
-        head(feats, {"hidden": lang["hidden"]})
+    with pytest.raises(TypeError, match="TextFeatures"):
+        head(feats, {"hidden": lang.hidden})
+    with pytest.raises(ValueError, match=r"mask \(1, 9\) must be \(B, L\) = \(1, 10\)"):
+        TextFeatures(lang.hidden, lang.embedded, lang.mask[:, :9])
 
 
 def test_deform_conv_runs_fp32_under_autocast():
@@ -326,9 +337,8 @@ def test_head_under_bf16_autocast_is_finite_and_close():
         ref = head(feats, lang)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = head(feats, lang)
-    for a, b in zip(low["logits"], ref["logits"], strict=True):
-        assert torch.isfinite(a).all()
-        torch.testing.assert_close(a.float(), b, rtol=0.05, atol=0.1)
+    assert torch.isfinite(low["logits"]).all()
+    torch.testing.assert_close(low["logits"].float(), ref["logits"], rtol=0.05, atol=0.1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -338,10 +348,9 @@ def test_cuda_matches_cpu():
     with torch.no_grad():
         ref = head(feats, lang)
         head.cuda()
-        out = head([f.cuda() for f in feats], {k: v.cuda() for k, v in lang.items()})
+        out = head([f.cuda() for f in feats], lang.to("cuda"))
     for key in ("logits", "bbox_reg", "centerness"):
-        for a, b in zip(out[key], ref[key], strict=True):
-            torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(out[key].cpu(), ref[key], rtol=1e-3, atol=1e-3)
 
 
 def test_text_layer_sizes_from_bundled_minilm_config():

@@ -54,13 +54,13 @@ def test_text_features_match_reference(minilm, reference_dir):
     ids, mask = inputs["input_ids"][0][None], inputs["attention_mask"][0][None]
     with torch.no_grad():
         out = minilm(ids, mask)
-    assert out["hidden"].shape == (1, 256, 384)
+    assert out.hidden.shape == (1, 256, 384)
     valid = mask[0].bool()
     # Transformers versions differ by ~2e-6 on attended tokens (reference README).
-    assert (out["hidden"][0][valid] - expected[valid]).abs().max() < 1e-5
-    assert torch.equal(out["embedded"][0][~valid], torch.zeros(int((~valid).sum()), 384))
-    assert torch.equal(out["embedded"][0][valid], out["hidden"][0][valid])
-    assert torch.equal(out["masks"], mask)
+    assert (out.hidden[0][valid] - expected[valid]).abs().max() < 1e-5
+    assert torch.equal(out.embedded[0][~valid], torch.zeros(int((~valid).sum()), 384))
+    assert torch.equal(out.embedded[0][valid], out.hidden[0][valid])
+    assert torch.equal(out.mask, mask)
 
 
 def test_weights_from_checkpoint_bert_base_builds_offline():
@@ -103,9 +103,9 @@ def test_tunable_linear_adds_rows(minilm):
         tuned = lang(**tokens)
     delta = torch.zeros(256, 384)
     delta[:, 0] = torch.arange(256.0)
-    assert torch.allclose(tuned["hidden"] - base["hidden"], delta.expand(2, -1, -1))
+    assert torch.allclose(tuned.hidden - base.hidden, delta.expand(2, -1, -1))
     # The table is added after masking, to the pad rows of "embedded" too (official order).
-    assert torch.allclose(tuned["embedded"] - base["embedded"], delta.expand(2, -1, -1))
+    assert torch.allclose(tuned.embedded - base.embedded, delta.expand(2, -1, -1))
 
 
 def test_freeze_keeps_eval_and_no_grads():
@@ -118,7 +118,7 @@ def test_freeze_keeps_eval_and_no_grads():
     assert lang.tunable_linear.weight.requires_grad  # prompt tuning trains only this table
     assert not lang.model.training and lang.training
     tokens = lang.tokenize("a cat")
-    a, b = lang(**tokens)["hidden"], lang(**tokens)["hidden"]
+    a, b = lang(**tokens).hidden, lang(**tokens).hidden
     assert torch.equal(a, b)  # no dropout
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from glip_d2.modeling.box_coder import BoxCoder, GLIPAnchorGenerator
+from glip_d2.modeling.head import flatten_levels
 from glip_d2.modeling.loss import (
     GLIPLoss,
     centerness_targets,
-    flatten_head_outputs,
     giou_loss,
     token_sigmoid_focal_loss,
 )
@@ -61,11 +61,11 @@ def _setup(num_images=1):
     sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
     levels = gen.grid_anchors(sizes)
     anchors, per_level = torch.cat(levels), [len(a) for a in levels]
-    L = 8
+    L, N = 8, sum(h * w for h, w in sizes)
     outputs = {
-        "logits": [torch.zeros(num_images, h * w, L, requires_grad=True) for h, w in sizes],
-        "bbox_reg": [torch.zeros(num_images, 4, h, w, requires_grad=True) for h, w in sizes],
-        "centerness": [torch.zeros(num_images, 1, h, w, requires_grad=True) for h, w in sizes],
+        "logits": torch.zeros(num_images, N, L, requires_grad=True),
+        "bbox_reg": torch.zeros(num_images, N, 4, requires_grad=True),
+        "centerness": torch.zeros(num_images, N, 1, requires_grad=True),
     }
     mask = torch.zeros(num_images, L, dtype=torch.long)
     mask[:, :4] = 1
@@ -92,7 +92,7 @@ def test_loss_with_zero_outputs():
     expected_reg = 2.0 * 4 * ctr * (1 - 55 / 71) / (4 * ctr + 1.0)
     assert losses["loss_reg"].item() == pytest.approx(expected_reg, rel=1e-5)
     sum(losses.values()).backward()
-    assert all(t.grad is not None for v in outputs.values() for t in v)
+    assert all(t.grad is not None for t in outputs.values())
 
 
 def test_background_only_and_autocast():
@@ -108,14 +108,16 @@ def test_background_only_and_autocast():
     assert losses["loss_dot_product_token"].item() == pytest.approx(expected, rel=1e-6)
     assert losses["loss_reg"].item() == 0.0 and losses["loss_centerness"].item() == 0.0
     sum(losses.values()).backward()
-    assert outputs["bbox_reg"][0].grad is not None
+    assert outputs["bbox_reg"].grad is not None
 
 
 def test_flatten_order_and_shape_errors():
     outputs, anchors, per_level, mask = _setup()
-    outputs["bbox_reg"][0] = torch.arange(4 * 64.0).reshape(1, 4, 8, 8)
-    _, reg, ctr = flatten_head_outputs(outputs)
-    assert reg.shape == (1, 86, 4) and ctr.shape == (1, 86)
+    levels = [torch.arange(4 * 64.0).reshape(1, 4, 8, 8)]
+    levels += [torch.zeros(1, 4, h, w) for h, w in [(4, 4), (2, 2), (1, 1), (1, 1)]]
+    reg = flatten_levels(levels)  # the head's layout
+    assert reg.shape == (1, 86, 4)
+    assert flatten_levels([t[:, :1] for t in levels]).shape == (1, 86, 1)
     assert reg[0, 9].tolist() == [9.0, 73.0, 137.0, 201.0]  # location (1, 1), row-major
     loss = GLIPLoss(box_coder=BoxCoder())
     with pytest.raises(ValueError, match="token map"):

@@ -12,6 +12,7 @@ from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from ..structures import TextFeatures
 from ..text.tokenizer import (
     BERT_BASE_UNCASED_NAMES,
     load_fast_tokenizer,
@@ -99,10 +100,11 @@ def load_text_encoder(model_name, weights_from_checkpoint=False):
 
 @LANGUAGE_BACKBONE_REGISTRY.register()
 class HFLanguageBackbone(nn.Module):
-    """BERT text encoder returning GLIP's language dict.
+    """BERT text encoder returning GLIP's token features.
 
-    ``forward(input_ids, attention_mask)`` with both (B, L) gives ``hidden`` (B, L, D), the last
-    layer (pad rows not zeroed); ``embedded`` (B, L, D) = hidden * mask; ``masks`` (B, L).
+    ``forward(input_ids, attention_mask)`` with both (B, L) gives a :class:`TextFeatures`:
+    ``hidden`` (B, L, D), the last layer (pad rows not zeroed); ``embedded`` (B, L, D) =
+    hidden * mask; ``mask`` (B, L), the attention mask.
     With a tunable linear table (prompt tuning, spec §8.1), its first L rows are added to both.
     """
 
@@ -195,7 +197,7 @@ class HFLanguageBackbone(nn.Module):
         Args:
             input_ids, attention_mask: (B, L) integer tensors, L <= MAX_QUERY_LEN.
         Returns:
-            dict: ``hidden`` (B, L, D), ``embedded`` (B, L, D), ``masks`` (B, L).
+            TextFeatures: ``hidden`` (B, L, D), ``embedded`` (B, L, D), ``mask`` (B, L).
         """
         if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
             raise ValueError(
@@ -208,7 +210,7 @@ class HFLanguageBackbone(nn.Module):
             prompt = self.tunable_linear.weight[: hidden.shape[1]].unsqueeze(0)
             hidden = hidden + prompt
             embedded = embedded + prompt
-        return {"hidden": hidden, "embedded": embedded, "masks": attention_mask}
+        return TextFeatures(hidden, embedded, attention_mask)
 
 
 def build_language_backbone(cfg):

@@ -23,26 +23,10 @@ from .box_coder import BoxCoder
 
 __all__ = [
     "GLIPLoss",
-    "flatten_head_outputs",
     "token_sigmoid_focal_loss",
     "giou_loss",
     "centerness_targets",
 ]
-
-
-def flatten_head_outputs(outputs):
-    """Concatenate the head's per-level outputs over P3..P7, locations row-major.
-
-    Args:
-        outputs (dict): ``logits`` [(B, HW_l, L)], ``bbox_reg`` [(B, 4, H_l, W_l)],
-            ``centerness`` [(B, 1, H_l, W_l)].
-    Returns:
-        tuple: logits (B, N, L), bbox_reg (B, N, 4), centerness (B, N).
-    """
-    logits = torch.cat(list(outputs["logits"]), dim=1)
-    bbox_reg = torch.cat([r.permute(0, 2, 3, 1).flatten(1, 2) for r in outputs["bbox_reg"]], dim=1)
-    ctr = torch.cat([c.flatten(1) for c in outputs["centerness"]], dim=1)
-    return logits, bbox_reg, ctr
 
 
 def token_sigmoid_focal_loss(logits, targets, text_mask, alpha=0.25, gamma=2.0):
@@ -170,20 +154,22 @@ class GLIPLoss(nn.Module):
         return [self.matcher(anchors, num_anchors_per_level, g) for g in gt_boxes]
 
     def forward(
-        self, head_outputs, anchors, num_anchors_per_level, gt_boxes, gt_token_maps, text_masks
+        self, head_outputs, anchors, num_anchors_per_level, gt_boxes, gt_token_maps, text_mask
     ):
         """
         Args:
-            head_outputs (dict): the head's per-level outputs (see ``flatten_head_outputs``).
+            head_outputs (dict): ``logits`` (B, N, L), ``bbox_reg`` (B, N, 4), ``centerness``
+                (B, N, 1), N locations in level order (the head's layout).
             anchors (Tensor): (N, 4) anchors shared by the padded batch, P3..P7.
             num_anchors_per_level (list[int]): level sizes.
             gt_boxes (list[Tensor]): per image (G_i, 4) boxes in the legacy convention.
             gt_token_maps (list[Tensor]): per image (G_i, L) binary token targets of each box.
-            text_masks (Tensor): (B, L) attention mask of the prompts.
+            text_mask (Tensor): (B, L) attention mask of the prompts.
         Returns:
             dict[str, Tensor]: ``loss_dot_product_token``, ``loss_reg``, ``loss_centerness``.
         """
-        logits, bbox_reg, ctr_logits = flatten_head_outputs(head_outputs)
+        logits, bbox_reg = head_outputs["logits"], head_outputs["bbox_reg"]
+        ctr_logits = head_outputs["centerness"].squeeze(2)
         num_images, num_anchors, num_tokens = logits.shape
         if len(gt_boxes) != num_images or len(gt_token_maps) != num_images:
             raise ValueError(
@@ -201,10 +187,12 @@ class GLIPLoss(nn.Module):
                 num_anchors_per_level,
                 [g.float() for g in gt_boxes],
                 gt_token_maps,
-                text_masks,
+                text_mask,
             )
 
-    def _losses(self, logits, bbox_reg, ctr_logits, anchors, num_per_level, gt_boxes, maps, masks):
+    def _losses(
+        self, logits, bbox_reg, ctr_logits, anchors, num_per_level, gt_boxes, maps, text_mask
+    ):
         num_tokens = logits.shape[2]
         matched = self.match(anchors, num_per_level, gt_boxes)
 
@@ -229,7 +217,7 @@ class GLIPLoss(nn.Module):
         num_pos = _mean_over_workers(logits.new_tensor(float(pos_reg.shape[0])))
         num_pos = num_pos.clamp(min=1.0)
         token_loss = token_sigmoid_focal_loss(
-            logits, token_targets, masks, self.focal_alpha, self.focal_gamma
+            logits, token_targets, text_mask, self.focal_alpha, self.focal_gamma
         )
         losses = {"loss_dot_product_token": token_loss / num_pos * self.token_loss_weight}
 

@@ -54,8 +54,8 @@ class GLIPDetector(nn.Module):
         """
         Args:
             backbone (Backbone): images -> dict of the 5 pyramid levels P3..P7.
-            language_backbone (nn.Module): ``tokenizer``, ``tokenize``, forward -> text dict.
-            head (nn.Module): ``head(features, lang)`` -> logits / bbox_reg / centerness.
+            language_backbone (nn.Module): ``tokenizer``, ``tokenize``, forward -> ``TextFeatures``.
+            head (nn.Module): ``head(features, text)`` -> logits / bbox_reg / centerness.
             anchor_generator (GLIPAnchorGenerator): anchors of the 5 levels.
             loss (GLIPLoss): ATSS assignment and losses.
             post_processor (GLIPPostProcessor): detections from head outputs.
@@ -136,33 +136,33 @@ class GLIPDetector(nn.Module):
     # ---- shared pieces -------------------------------------------------------------------
 
     def _features_and_anchors(self, images):
+        """P3..P7 features, the (N, 4) anchors of all levels and the anchors per level."""
         feats = self.backbone(images.tensor)
         features = [feats[f] for f in self.in_features]
         anchors = [b.tensor for b in self.anchor_generator(features)]
-        return features, anchors
+        return features, torch.cat(anchors), [a.shape[0] for a in anchors]
 
     def _encode_prompts(self, jobs):
         """Runs the text encoder once per distinct caption.
 
         Returns:
-            dict: the text dict over the distinct captions (U, L, ...), and (len(jobs),)
-            int64 indices of each job's caption in it.
+            TextFeatures: over the distinct captions (U, L, ...), and (len(jobs),) int64
+            indices of each job's caption in it.
         """
         distinct = {}
         for job in jobs:
             distinct.setdefault(job.caption, len(distinct))
         tokens = self.language_backbone.tokenize(list(distinct), device=self.device)
-        lang = self.language_backbone(tokens["input_ids"], tokens["attention_mask"])
+        text = self.language_backbone(tokens["input_ids"], tokens["attention_mask"])
         index = torch.tensor([distinct[j.caption] for j in jobs], device=self.device)
-        return lang, index
+        return text, index
 
-    def _run_head(self, features, lang, image_ids, text_index):
-        """Head over (image, prompt) pairs: ``image_ids`` (list[int]) and (J,) ``text_index``."""
+    def _run_head(self, features, text, image_ids):
+        """Head over (image, prompt) pairs: ``image_ids`` (list[int]) and the pairs' texts."""
         if image_ids != list(range(features[0].shape[0])):
             index = torch.tensor(image_ids, device=self.device)
             features = [f.index_select(0, index) for f in features]
-        lang = {k: v.index_select(0, text_index) for k, v in lang.items()}
-        return self.head(features, lang)
+        return self.head(features, text)
 
     # ---- training ------------------------------------------------------------------------
 
@@ -196,18 +196,11 @@ class GLIPDetector(nn.Module):
             gt_boxes.append(inst.gt_boxes.tensor.to(self.device))
             gt_maps.append(pmap[classes].to(self.device))
 
-        features, anchors = self._features_and_anchors(images)
-        lang, text_index = self._encode_prompts(jobs)
-        outputs = self._run_head(features, lang, list(range(len(jobs))), text_index)
-        text_masks = lang["masks"].index_select(0, text_index)
-        return self.loss(
-            outputs,
-            torch.cat(anchors),
-            [a.shape[0] for a in anchors],
-            gt_boxes,
-            gt_maps,
-            text_masks,
-        )
+        features, anchors, num_per_level = self._features_and_anchors(images)
+        text, text_index = self._encode_prompts(jobs)
+        text = text.index_select(text_index)
+        outputs = self._run_head(features, text, list(range(len(jobs))))
+        return self.loss(outputs, anchors, num_per_level, gt_boxes, gt_maps, text.mask)
 
     # ---- inference -----------------------------------------------------------------------
 
@@ -229,19 +222,22 @@ class GLIPDetector(nn.Module):
             jobs.extend(self.prompts.jobs(i, x, allow_chunks=True))
         pmaps = [self.prompts.positive_map(j).to(self.device) for j in jobs]
 
-        features, anchors = self._features_and_anchors(images)
-        lang, text_index = self._encode_prompts(jobs)
+        features, anchors, num_per_level = self._features_and_anchors(images)
+        text, text_index = self._encode_prompts(jobs)
         # One pass per image when there are no chunks; chunks go CHUNK_BATCH at a time.
         group = max(len(batched_inputs), self.chunk_batch)
         per_image = [[] for _ in batched_inputs]
         for start in range(0, len(jobs), group):
             part = jobs[start : start + group]
             outputs = self._run_head(
-                features, lang, [j.image_index for j in part], text_index[start : start + len(part)]
+                features,
+                text.index_select(text_index[start : start + len(part)]),
+                [j.image_index for j in part],
             )
             results = self.post_processor(
                 outputs,
                 anchors,
+                num_per_level,
                 pmaps[start : start + len(part)],
                 [images.image_sizes[j.image_index] for j in part],
             )

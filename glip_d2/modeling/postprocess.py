@@ -87,14 +87,17 @@ class GLIPPostProcessor:
             "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
         }
 
-    def candidates(self, logits, bbox_reg, centerness, anchors, positive_map, image_size):
+    def candidates(
+        self, logits, bbox_reg, centerness, anchors, num_anchors_per_level, positive_map, image_size
+    ):
         """Pre-NMS candidates of one image, all levels.
 
         Args:
-            logits (list[Tensor]): per level (HW_l, L) token logits.
-            bbox_reg (list[Tensor]): per level (4, H_l, W_l) deltas.
-            centerness (list[Tensor]): per level (1, H_l, W_l) logits.
-            anchors (list[Tensor]): per level (HW_l, 4).
+            logits (Tensor): (N, L) token logits, N locations in level order.
+            bbox_reg (Tensor): (N, 4) deltas.
+            centerness (Tensor): (N, 1) logits.
+            anchors (Tensor): (N, 4).
+            num_anchors_per_level (list[int]): level sizes (the top-k runs per level).
             positive_map (Tensor): (P, L) binary phrase-token map.
             image_size (tuple[int, int]): unpadded (h, w).
         Returns:
@@ -102,7 +105,10 @@ class GLIPPostProcessor:
         """
         all_boxes, all_scores, all_labels = [], [], []
         positive_map = positive_map.float()
-        for logit, reg, ctr, anc in zip(logits, bbox_reg, centerness, anchors, strict=True):
+        levels = [
+            t.split(list(num_anchors_per_level)) for t in (logits, bbox_reg, centerness, anchors)
+        ]
+        for logit, reg, ctr, anc in zip(*levels, strict=True):
             # Scores, thresholds and decoding in fp32 also when the head ran under autocast.
             logit, reg, ctr, anc = logit.float(), reg.float(), ctr.float(), anc.float()
             scores = phrase_scores(logit.sigmoid(), positive_map)  # (HW, P)
@@ -114,8 +120,7 @@ class GLIPPostProcessor:
             ranked, top = ranked.topk(n, sorted=False)
             loc_phrase = torch.nonzero(candidate)[top]
             loc, phrase = loc_phrase[:, 0], loc_phrase[:, 1]
-            deltas = reg.permute(1, 2, 0).reshape(-1, 4)[loc]
-            boxes = self.box_coder.decode(deltas, anc[loc])
+            boxes = self.box_coder.decode(reg[loc], anc[loc])
             all_boxes.append(clip_boxes_legacy(boxes, image_size[0], image_size[1]))
             all_scores.append(ranked.sqrt())
             all_labels.append(phrase)
@@ -131,12 +136,13 @@ class GLIPPostProcessor:
             keep = keep[kept_scores >= kth]
         return keep
 
-    def __call__(self, head_outputs, anchors, positive_maps, image_sizes):
+    def __call__(self, head_outputs, anchors, num_anchors_per_level, positive_maps, image_sizes):
         """
         Args:
-            head_outputs (dict): ``logits`` [(B, HW_l, L)], ``bbox_reg`` [(B, 4, H_l, W_l)],
-                ``centerness`` [(B, 1, H_l, W_l)].
-            anchors (list[Tensor]): per level (HW_l, 4), shared by the batch.
+            head_outputs (dict): ``logits`` (B, N, L), ``bbox_reg`` (B, N, 4), ``centerness``
+                (B, N, 1), N locations in level order (the head's layout).
+            anchors (Tensor): (N, 4), shared by the batch.
+            num_anchors_per_level (list[int]): level sizes.
             positive_maps (list[Tensor]): per image (P_i, L) binary map of its phrases.
             image_sizes (list[tuple[int, int]]): per image unpadded (h, w).
         Returns:
@@ -145,10 +151,11 @@ class GLIPPostProcessor:
         results = []
         for i, (pmap, size) in enumerate(zip(positive_maps, image_sizes, strict=True)):
             boxes, scores, labels = self.candidates(
-                [x[i] for x in head_outputs["logits"]],
-                [x[i] for x in head_outputs["bbox_reg"]],
-                [x[i] for x in head_outputs["centerness"]],
+                head_outputs["logits"][i],
+                head_outputs["bbox_reg"][i],
+                head_outputs["centerness"][i],
                 anchors,
+                num_anchors_per_level,
                 pmap,
                 size,
             )
