@@ -2,22 +2,21 @@
 
 New keys live under a few nodes: ``MODEL.SWIN``, ``MODEL.LANGUAGE_BACKBONE``, ``MODEL.GLIP``
 (head, fusion, ATSS, inference), ``MODEL.FPN`` (DropBlock), ``INPUT.GLIP``, ``DATASETS.GLIP``
-(prompts and mixing), ``SOLVER.GLIP`` / ``SOLVER.EMA`` and ``TEST.GLIP``. The defaults are
-GLIP-T's (``configs/GLIP-T.yaml`` restates them).
+(prompts and mixing), ``SOLVER.GLIP`` / ``SOLVER.EMA`` and ``TEST.GLIP``; their defaults are
+GLIP-T's. ``add_glip_config`` changes no existing Detectron2 key: the architecture (meta
+architecture, backbone, anchor generator, pixel statistics, input sizes) is chosen by
+``configs/Base-GLIP.yaml``, which every GLIP config inherits.
 """
 
 from detectron2.config import CfgNode as CN
 
 
 def add_glip_config(cfg):
-    """Add glip_d2's keys to a Detectron2 config (in place) and return it."""
-    _C = cfg
-    _C.MODEL.META_ARCHITECTURE = "GLIPDetector"
-    _C.MODEL.BACKBONE.NAME = "build_glip_swin_fpn_backbone"
-    # BGR 0-255 statistics of the official model (spec §2.3); the network consumes BGR.
-    _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
-    _C.MODEL.PIXEL_STD = [57.375, 57.120, 58.395]
+    """Add glip_d2's keys to a Detectron2 config (in place) and return it.
 
+    Only adds keys: merge ``configs/Base-GLIP.yaml`` (or a config based on it) to get a GLIP.
+    """
+    _C = cfg
     # ---- Swin Transformer v1 visual backbone (official layout, spec §2.1) ----
     _C.MODEL.SWIN = CN()
     _C.MODEL.SWIN.PATCH_SIZE = 4
@@ -94,11 +93,6 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.CHUNK_BATCH = 4
 
     # ---- Input ----
-    _C.INPUT.FORMAT = "BGR"
-    _C.INPUT.MIN_SIZE_TRAIN = (480, 560, 640, 720, 800)
-    _C.INPUT.MAX_SIZE_TRAIN = 1333
-    _C.INPUT.MIN_SIZE_TEST = 800
-    _C.INPUT.MAX_SIZE_TEST = 1333
     _C.INPUT.GLIP = CN()
     _C.INPUT.GLIP.FLIP_PROB = 0.5  # horizontal flip; captions swap "left"/"right"
 
@@ -128,7 +122,6 @@ def add_glip_config(cfg):
     _C.SOLVER.EMA.DECAY = 0.999
 
     # ---- Test ----
-    _C.TEST.DETECTIONS_PER_IMAGE = 100
     _C.TEST.GLIP = CN()
     # LVIS fixed-AP protocol (top 10000 per category, no per-image cap) instead of standard AP.
     _C.TEST.GLIP.LVIS_FIXED_AP = False

@@ -37,6 +37,7 @@ def reference_cfg():
     from glip_d2.config import add_glip_config
 
     cfg = add_glip_config(get_cfg())
+    cfg.merge_from_file(str(REPO_ROOT / "configs" / "Base-GLIP.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.SWIN.EMBED_DIM = 48

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 from _official_keys import SMALL, official_shapes, random_state_dict
-from conftest import load_reference
+from conftest import REPO_ROOT, load_reference
 
 from glip_d2.checkpoint import (
     GLIPCheckpointer,
@@ -291,7 +291,8 @@ def test_glip_t_model_keys_and_shapes_match_the_official_table(early_fuse):
     import glip_d2.modeling  # noqa: F401
     from glip_d2.config import add_glip_config
 
-    cfg = add_glip_config(get_cfg())  # the defaults are GLIP-T's
+    cfg = add_glip_config(get_cfg())
+    cfg.merge_from_file(str(REPO_ROOT / "configs" / "GLIP-T.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT = True
     cfg.MODEL.GLIP.EARLY_FUSE = early_fuse

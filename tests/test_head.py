@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import load_reference, reference_cfg, reference_state_dict
+from detectron2.layers import ShapeSpec
 from torch import nn
 
 from glip_d2.modeling.dyconv import DyConv, DyReLU, HSigmoid, ModulatedDeformConv3x3
@@ -12,6 +13,16 @@ from glip_d2.modeling.text_layer import TextLayerConfig
 from glip_d2.structures import TextFeatures
 
 SIZES = [(28, 36), (14, 18), (7, 9), (4, 5), (2, 3)]  # image 0, padded 224 x 288
+
+
+def _head(cfg, **kwargs):
+    """A VLDyHead over the five levels a GLIP backbone of ``cfg`` gives."""
+    return VLDyHead(cfg, _shapes(cfg), **kwargs)
+
+
+def _shapes(cfg):
+    width = cfg.MODEL.FPN.OUT_CHANNELS
+    return [ShapeSpec(channels=width, stride=s) for s in cfg.MODEL.GLIP.ANCHOR_STRIDES]
 
 
 def _levels(dense, sizes):
@@ -29,7 +40,7 @@ def _assert_close(actual, expected, name, rel=1e-5):
 
 @pytest.fixture(scope="module")
 def reference_run(reference_dir):
-    head = VLDyHead(reference_cfg()).eval()
+    head = _head(reference_cfg()).eval()
     state = {
         k[len("head.") :]: v
         for k, v in reference_state_dict(reference_dir).items()
@@ -139,7 +150,7 @@ def test_batch_of_two_equals_each_alone():
     # Catches a batch-wide (instead of per-image) prefix in the DyConv offset reuse.
     # float64: batched and single-image convolutions sum in different orders, and the
     # random offsets amplify fp32 rounding to ~1e-5; in float64 only a real mixing shows.
-    head = _randomize(VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT)).eval().double()
+    head = _randomize(_head(_small_cfg(), lang_config=_SMALL_TEXT)).eval().double()
     feats, lang = _small_inputs(2)
     feats = [f.double() for f in feats]
     lang = TextFeatures(lang.hidden.double(), lang.embedded.double(), lang.mask)
@@ -173,7 +184,7 @@ def test_offset_prefix_reuse_for_coarser_level():
 
 def test_glip_a_without_fusion_uses_embedded_features():
     cfg = _small_cfg(EARLY_FUSE=False, USE_FUSED_FEATURES_DOT_PRODUCT=False)
-    head = VLDyHead(cfg, lang_config=_SMALL_TEXT).eval()
+    head = _head(cfg, lang_config=_SMALL_TEXT).eval()
     keys = {k for k in head.state_dict() if k.startswith("tower.")}
     assert keys and all(k.split(".")[2] == "dyconv" for k in keys)
     feats, lang = _small_inputs(1)
@@ -188,7 +199,7 @@ def test_glip_a_without_fusion_uses_embedded_features():
 
 
 def test_early_fusion_without_fused_dot_product_drops_last_text_layer():
-    head = VLDyHead(_small_cfg(USE_FUSED_FEATURES_DOT_PRODUCT=False), lang_config=_SMALL_TEXT)
+    head = _head(_small_cfg(USE_FUSED_FEATURES_DOT_PRODUCT=False), lang_config=_SMALL_TEXT)
     assert hasattr(head.tower[0], "text_layer") and hasattr(head.tower[0], "fusion")
     assert not hasattr(head.tower[1], "text_layer") and hasattr(head.tower[1], "fusion")
 
@@ -196,7 +207,7 @@ def test_early_fusion_without_fused_dot_product_drops_last_text_layer():
 def test_layer0_rule_when_fpn_width_differs():
     cfg = _small_cfg()
     cfg.MODEL.FPN.OUT_CHANNELS = 16
-    head = VLDyHead(cfg, lang_config=_SMALL_TEXT)
+    head = _head(cfg, lang_config=_SMALL_TEXT)
     first, second = head.tower[0].dyconv, head.tower[1].dyconv
     assert first.offset is None and first.AttnConv is None and type(first.relu) is nn.ReLU
     assert first.DyConv[1].conv.weight.shape == (32, 16, 3, 3)
@@ -204,7 +215,7 @@ def test_layer0_rule_when_fpn_width_differs():
 
 
 def test_initialisation_values():
-    head = VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT)
+    head = _head(_small_cfg(), lang_config=_SMALL_TEXT)
     assert head.bias0.item() == pytest.approx(-4.59512, abs=1e-5)
     assert head.log_scale.item() == 0.0 and head.bias_lang.abs().sum().item() == 0.0
     assert [s.scale.item() for s in head.scales] == [1.0] * 5
@@ -215,7 +226,7 @@ def test_initialisation_values():
 
 
 def test_gradients_reach_every_parameter():
-    head = _randomize(VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT))
+    head = _randomize(_head(_small_cfg(), lang_config=_SMALL_TEXT))
     head.train()
     feats, lang = _small_inputs(2)
     out = head(feats, lang)
@@ -232,8 +243,8 @@ def test_gradients_reach_every_parameter():
 
 def test_tower_checkpointing_gives_the_same_loss_and_gradients():
     torch.manual_seed(0)
-    plain = _randomize(VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT)).train()
-    recomputed = VLDyHead(_small_cfg(USE_CHECKPOINT=True), lang_config=_SMALL_TEXT).train()
+    plain = _randomize(_head(_small_cfg(), lang_config=_SMALL_TEXT)).train()
+    recomputed = _head(_small_cfg(USE_CHECKPOINT=True), lang_config=_SMALL_TEXT).train()
     recomputed.load_state_dict(plain.state_dict())
     assert recomputed.use_checkpoint and not plain.use_checkpoint
     feats, lang = _small_inputs(2)
@@ -304,11 +315,13 @@ def test_hsigmoid_and_dyrelu_values():
 def test_build_and_bad_inputs():
     cfg = _small_cfg()
     head = build_glip_head(
-        cfg, lang_config={"hidden_size": 48, "num_attention_heads": 4, "intermediate_size": 96}
+        cfg,
+        _shapes(cfg),
+        lang_config={"hidden_size": 48, "num_attention_heads": 4, "intermediate_size": 96},
     )
     assert isinstance(head, VLDyHead)
     with pytest.raises(ValueError, match="HIDDEN_SIZE=48"):
-        VLDyHead(cfg, lang_config=TextLayerConfig(hidden_size=64))
+        _head(cfg, lang_config=TextLayerConfig(hidden_size=64))
     feats, lang = _small_inputs(1)
     with pytest.raises(ValueError, match="expects 5 feature levels, got 4"):
         head(feats[:4], lang)
@@ -331,7 +344,7 @@ def test_deform_conv_runs_fp32_under_autocast():
 
 
 def test_head_under_bf16_autocast_is_finite_and_close():
-    head = VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT).eval()
+    head = _head(_small_cfg(), lang_config=_SMALL_TEXT).eval()
     feats, lang = _small_inputs(1)
     with torch.no_grad():
         ref = head(feats, lang)
@@ -343,7 +356,7 @@ def test_head_under_bf16_autocast_is_finite_and_close():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
-    head = _randomize(VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT)).eval()
+    head = _randomize(_head(_small_cfg(), lang_config=_SMALL_TEXT)).eval()
     feats, lang = _small_inputs(2)
     with torch.no_grad():
         ref = head(feats, lang)

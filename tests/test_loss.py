@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from glip_d2.modeling.box_coder import BoxCoder, GLIPAnchorGenerator
+from glip_d2.modeling.anchors import GLIPAnchorGenerator
+from glip_d2.modeling.box_coder import BoxCoder
 from glip_d2.modeling.head import flatten_levels
 from glip_d2.modeling.loss import (
     GLIPLoss,

@@ -12,8 +12,8 @@ from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from glip_d2.config import add_glip_config
-from glip_d2.modeling.box_coder import pairwise_iou_legacy
 from glip_d2.modeling.meta_arch import GLIPDetector
+from glip_d2.structures import pairwise_iou_legacy
 from glip_d2.text.prompts import build_detection_prompt
 
 

@@ -7,7 +7,8 @@ from detection_sets import assert_same_detections
 
 from glip_d2.modeling.box_coder import BoxCoder
 from glip_d2.modeling.head import flatten_levels
-from glip_d2.modeling.postprocess import GLIPPostProcessor, nms_legacy, phrase_scores
+from glip_d2.modeling.postprocess import GLIPPostProcessor, phrase_scores
+from glip_d2.structures import nms_legacy
 
 
 def _post(**kw):

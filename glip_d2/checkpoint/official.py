@@ -6,6 +6,8 @@ the top level, so conversion is a renaming of prefixes and never changes a tenso
 
 import re
 
+from ..structures import legacy_cell_anchors
+
 __all__ = [
     "DROPPED_OFFICIAL_KEYS",
     "TEXT_ENCODER_PREFIX",
@@ -155,22 +157,17 @@ def glip_d2_to_official_key(key, early_fuse=True):
 def official_cell_anchors(anchor_sizes=(64, 128, 256, 512, 1024), strides=(8, 16, 32, 64, 128)):
     """The official ``rpn.anchor_generator.cell_anchors.{l}`` buffers, float32 (1, 4) each.
 
-    One square anchor of side ``size`` centred on the legacy "+1" centre ``(stride - 1) / 2``
-    of the first cell (spec §4.6): ``[c - (size - 1) / 2, c - (size - 1) / 2,
-    c + (size - 1) / 2, c + (size - 1) / 2]``; level 0 of GLIP is ``[-28, -28, 35, 35]``.
+    One square legacy cell anchor per level (:func:`glip_d2.structures.legacy_cell_anchors`);
+    level 0 of GLIP is ``[-28, -28, 35, 35]``.
     """
-    import torch
-
     if len(anchor_sizes) != len(strides):
         raise ValueError(
             f"anchor sizes {list(anchor_sizes)} and strides {list(strides)} differ in length"
         )
-    anchors = []
-    for size, stride in zip(anchor_sizes, strides, strict=True):
-        centre, half = (stride - 1) / 2.0, (size - 1) / 2.0
-        box = [centre - half, centre - half, centre + half, centre + half]
-        anchors.append(torch.tensor([box], dtype=torch.float32))
-    return anchors
+    return [
+        legacy_cell_anchors(stride, (size,)).float()
+        for size, stride in zip(anchor_sizes, strides, strict=True)
+    ]
 
 
 def swin_relative_position_index(window_size):

@@ -13,6 +13,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from ..structures import clip_boxes_legacy, flip_boxes_legacy, xywh_to_legacy_xyxy
 from ..text import (
     TrainingPromptSampler,
     build_detection_prompt,
@@ -84,9 +85,11 @@ class GroundingDatasetMapper:
     * Grounding records (``caption`` + per-annotation ``tokens_positive``): annotations with the
       same spans form one phrase.
 
-    Boxes use the legacy inclusive convention: ``x2 = x + w - 1``, clamped to ``[0, W-1]`` at the
-    original size, degenerate ones dropped, then resized (coordinates scaled) and flipped as
-    ``W - x - 1`` (spec §2.3, §5.2).
+    Boxes use the legacy inclusive convention (``glip_d2/structures/legacy_boxes.py``):
+    ``x2 = x + w - 1``, clipped to ``[0, W-1]`` at the original size, degenerate ones dropped,
+    then resized (coordinates scaled) and flipped as ``W - x - 1`` (microsoft/GLIP
+    maskrcnn_benchmark/data/datasets/modulated_coco.py, ``ModulatedDataset.__getitem__`` and
+    ``CocoGrounding.__getitem__``, through structures/bounding_box.py's ``BoxList``).
     """
 
     @configurable
@@ -219,31 +222,28 @@ class GroundingDatasetMapper:
     # ---- boxes ---------------------------------------------------------------------------
     def _legacy_boxes(self, record, annos, height, width):
         """Inclusive xyxy boxes at the original size and the indices of the kept annotations."""
-        boxes, keep = [], []
-        for i, anno in enumerate(annos):
-            x, y, w, h = BoxMode.convert(anno["bbox"], anno["bbox_mode"], BoxMode.XYWH_ABS)
-            x1, y1, x2, y2 = x, y, x + w - 1, y + h - 1
-            if x1 > width - 1 or y1 > height - 1 or x2 < 0 or y2 < 0:
-                raise ValueError(
-                    f"Record {record.get('file_name')!r}: box {list(anno['bbox'])} lies entirely "
-                    f"outside the {width}x{height} image"
-                )
-            x1, x2 = min(max(x1, 0), width - 1), min(max(x2, 0), width - 1)
-            y1, y2 = min(max(y1, 0), height - 1), min(max(y2, 0), height - 1)
-            if x2 <= x1 or y2 <= y1:
-                self.num_degenerate += 1
-                continue
-            boxes.append([x1, y1, x2, y2])
-            keep.append(i)
+        xywh = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYWH_ABS) for a in annos]
+        boxes = xywh_to_legacy_xyxy(np.asarray(xywh, dtype=np.float64).reshape(-1, 4))
+        outside = (boxes[:, 0] > width - 1) | (boxes[:, 1] > height - 1)
+        outside |= (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
+        if outside.any():
+            bad = annos[int(np.argmax(outside))]["bbox"]
+            raise ValueError(
+                f"Record {record.get('file_name')!r}: box {list(bad)} lies entirely "
+                f"outside the {width}x{height} image"
+            )
+        boxes = clip_boxes_legacy(boxes, height, width)
+        keep = np.nonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[0].tolist()
         dropped = len(annos) - len(keep)
         if dropped:
+            self.num_degenerate += dropped
             logger.debug(
                 "Skipped %d degenerate boxes in %s (%d so far)",
                 dropped,
                 record.get("file_name"),
                 self.num_degenerate,
             )
-        return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), keep
+        return boxes[keep], keep
 
     # ---- main ----------------------------------------------------------------------------
     def __call__(self, dataset_dict):
@@ -282,15 +282,7 @@ class GroundingDatasetMapper:
 
         if self.is_train and self.flip_prob > 0 and self.rng.random() < self.flip_prob:
             image = image[:, ::-1]
-            # legacy flip: x' = W - x - 1 on inclusive coordinates
-            boxes = (
-                np.stack(
-                    [new_w - boxes[:, 2] - 1, boxes[:, 1], new_w - boxes[:, 0] - 1, boxes[:, 3]],
-                    axis=1,
-                )
-                if len(boxes)
-                else boxes
-            )
+            boxes = flip_boxes_legacy(boxes, new_w)
             if "caption" in prompt:
                 prompt["caption"], prompt["phrase_spans"] = swap_left_right(
                     prompt["caption"], prompt["phrase_spans"]

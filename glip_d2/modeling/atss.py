@@ -8,7 +8,7 @@ box. An anchor positive for several boxes goes to the one it overlaps most.
 
 import torch
 
-from .box_coder import pairwise_iou_legacy
+from ..structures import pairwise_iou_legacy
 
 __all__ = ["ATSSMatcher"]
 

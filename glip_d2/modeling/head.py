@@ -32,19 +32,21 @@ __all__ = [
 GLIP_HEAD_REGISTRY = Registry("GLIP_HEAD")
 GLIP_HEAD_REGISTRY.__doc__ = """
 Registry for GLIP's vision-language detection heads. The registered object is called with
-``(cfg, lang_config)`` and returns an ``nn.Module`` with the forward contract of ``VLDyHead``.
+``(cfg, input_shape, lang_config=...)`` and returns an ``nn.Module`` with the forward contract
+of ``VLDyHead``.
 """
 
 
-def build_glip_head(cfg, lang_config=None):
+def build_glip_head(cfg, input_shape, lang_config=None):
     """Build the head named by ``cfg.MODEL.GLIP.HEAD_NAME`` (default "VLDyHead").
 
     Args:
+        input_shape (list[ShapeSpec]): the backbone's output shapes of P3..P7, in stride order.
         lang_config: the text encoder's config (a transformers ``PretrainedConfig`` or a dict);
             None derives BERT-family sizes from ``MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE``.
     """
     name = cfg.MODEL.GLIP.HEAD_NAME
-    return GLIP_HEAD_REGISTRY.get(name)(cfg, lang_config=lang_config)
+    return GLIP_HEAD_REGISTRY.get(name)(cfg, input_shape, lang_config=lang_config)
 
 
 def flatten_levels(maps):
@@ -196,13 +198,14 @@ class VLDyHead(nn.Module):
         self.bias0 = nn.Parameter(torch.tensor([-math.log((1.0 - prior_prob) / prior_prob)]))
 
     @classmethod
-    def from_config(cls, cfg, lang_config=None, in_channels=None):
+    def from_config(cls, cfg, input_shape, lang_config=None):
         """
         Args:
+            input_shape (list[ShapeSpec]): the feature levels (the backbone's
+                ``output_shape()`` in stride order); they give the input width and level count.
             lang_config: the text encoder's config (transformers config or dict), a
                 ``TextLayerConfig``, or None for BERT-family sizes of
                 ``MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE``.
-            in_channels (int or None): FPN width; default ``MODEL.FPN.OUT_CHANNELS``.
         """
         g = cfg.MODEL.GLIP
         if lang_config is None:
@@ -216,12 +219,11 @@ class VLDyHead(nn.Module):
                 f"text encoder hidden size {text_config.hidden_size} != "
                 f"MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE={cfg.MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE}"
             )
-        if len(g.ANCHOR_STRIDES) != 5:
-            raise ValueError(
-                f"MODEL.GLIP.ANCHOR_STRIDES must list 5 levels (P3..P7), got {g.ANCHOR_STRIDES}"
-            )
+        widths = {s.channels for s in input_shape}
+        if len(widths) != 1:
+            raise ValueError(f"VLDyHead needs feature levels of one width, got {input_shape}")
         return {
-            "in_channels": in_channels if in_channels is not None else cfg.MODEL.FPN.OUT_CHANNELS,
+            "in_channels": widths.pop(),
             "channels": g.CHANNELS,
             "num_layers": g.NUM_LAYERS,
             "text_config": text_config,
@@ -237,7 +239,7 @@ class VLDyHead(nn.Module):
             "prior_prob": g.PRIOR_PROB,
             "log_scale": g.LOG_SCALE,
             "clamp_value": g.CLAMP_VALUE,
-            "num_levels": len(g.ANCHOR_STRIDES),
+            "num_levels": len(input_shape),
             "use_checkpoint": g.USE_CHECKPOINT,
         }
 

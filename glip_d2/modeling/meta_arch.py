@@ -9,16 +9,16 @@ still runs once per image, the head once per chunk (spec §6.5).
 
 import torch
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.modeling import META_ARCH_REGISTRY, build_anchor_generator, build_backbone
+from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from ..text import PromptJobBuilder
-from .box_coder import BoxCoder, GLIPAnchorGenerator
+from .box_coder import BoxCoder
 from .head import build_glip_head
 from .language_backbone import build_language_backbone
 from .loss import GLIPLoss
-from .postprocess import GLIPPostProcessor
+from .postprocess import GLIPPostProcessor, rescale_instances
 
 __all__ = ["GLIPDetector"]
 
@@ -56,7 +56,8 @@ class GLIPDetector(nn.Module):
             backbone (Backbone): images -> dict of the 5 pyramid levels P3..P7.
             language_backbone (nn.Module): ``tokenizer``, ``tokenize``, forward -> ``TextFeatures``.
             head (nn.Module): ``head(features, text)`` -> logits / bbox_reg / centerness.
-            anchor_generator (GLIPAnchorGenerator): anchors of the 5 levels.
+            anchor_generator (nn.Module): D2 anchor generator (``MODEL.ANCHOR_GENERATOR.NAME``,
+                ``GLIPAnchorGenerator`` for GLIP): anchors of the 5 levels.
             loss (GLIPLoss): ATSS assignment and losses.
             post_processor (GLIPPostProcessor): detections from head outputs.
             pixel_mean, pixel_std (list[float]): BGR 0-255 normalisation.
@@ -91,15 +92,15 @@ class GLIPDetector(nn.Module):
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
         language_backbone = build_language_backbone(cfg)
-        head = build_glip_head(cfg, lang_config=language_backbone.model.config)
         shapes = backbone.output_shape()
         ordered = [shapes[f] for f in sorted(shapes, key=lambda f: shapes[f].stride)]
+        head = build_glip_head(cfg, ordered, lang_config=language_backbone.model.config)
         box_coder = BoxCoder(cfg.MODEL.GLIP.BBOX_REG_WEIGHTS)
         return {
             "backbone": backbone,
             "language_backbone": language_backbone,
             "head": head,
-            "anchor_generator": GLIPAnchorGenerator(cfg, ordered),
+            "anchor_generator": build_anchor_generator(cfg, ordered),
             "loss": GLIPLoss(cfg, box_coder=box_coder),
             "post_processor": GLIPPostProcessor(cfg, box_coder=box_coder),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -253,21 +254,3 @@ class GLIPDetector(nn.Module):
                 inst = rescale_instances(inst, x.get("height", size[0]), x.get("width", size[1]))
             out.append({"instances": inst})
         return out
-
-
-def rescale_instances(instances, height, width):
-    """Scale boxes from the resized image to (height, width), x and y separately.
-
-    As the official box-list resize: no clipping and no removal of empty boxes.
-    """
-    h, w = instances.image_size
-    scale = torch.tensor(
-        [width / w, height / h, width / w, height / h],
-        dtype=instances.pred_boxes.tensor.dtype,
-        device=instances.pred_boxes.tensor.device,
-    )
-    out = Instances((int(height), int(width)))
-    out.pred_boxes = Boxes(instances.pred_boxes.tensor * scale)
-    out.scores = instances.scores
-    out.pred_classes = instances.pred_classes
-    return out

@@ -11,11 +11,11 @@ class-aware NMS with the legacy "+1" IoU, and at most ``detections_per_image`` d
 import torch
 from detectron2.config import configurable
 from detectron2.structures import Boxes, Instances
-from torchvision.ops import batched_nms
 
-from .box_coder import BoxCoder, clip_boxes_legacy
+from ..structures import clip_boxes_legacy, nms_legacy
+from .box_coder import BoxCoder
 
-__all__ = ["GLIPPostProcessor", "phrase_scores", "nms_legacy"]
+__all__ = ["GLIPPostProcessor", "phrase_scores", "rescale_instances"]
 
 
 def phrase_scores(token_probs, positive_map):
@@ -33,20 +33,6 @@ def phrase_scores(token_probs, positive_map):
         empty = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"phrases {empty} of the positive map cover no token")
     return torch.matmul(token_probs, binary.t()) / counts
-
-
-def nms_legacy(boxes, scores, labels, iou_threshold):
-    """Class-aware NMS with inclusive-pixel IoU (``+1`` widths); IoU > threshold suppresses.
-
-    torchvision computes IoU without the ``+1``; shifting x2/y2 by one pixel gives it the
-    legacy widths, intersections and areas.
-
-    Returns:
-        Tensor: kept indices, by decreasing score.
-    """
-    shifted = boxes.clone()
-    shifted[:, 2:] += 1
-    return batched_nms(shifted, scores, labels, iou_threshold)
 
 
 class GLIPPostProcessor:
@@ -166,3 +152,22 @@ class GLIPPostProcessor:
             inst.pred_classes = labels[keep]
             results.append(inst)
         return results
+
+
+def rescale_instances(instances, height, width):
+    """Scale boxes from the resized image to (height, width), x and y separately.
+
+    As the official box-list resize (microsoft/GLIP maskrcnn_benchmark/structures/
+    bounding_box.py, ``BoxList.resize``): no clipping and no removal of empty boxes.
+    """
+    h, w = instances.image_size
+    scale = torch.tensor(
+        [width / w, height / h, width / w, height / h],
+        dtype=instances.pred_boxes.tensor.dtype,
+        device=instances.pred_boxes.tensor.device,
+    )
+    out = Instances((int(height), int(width)))
+    out.pred_boxes = Boxes(instances.pred_boxes.tensor * scale)
+    out.scores = instances.scores
+    out.pred_classes = instances.pred_classes
+    return out
