@@ -48,10 +48,10 @@ def _worker(args):
     from detectron2.utils.events import EventStorage
 
     import glip_d2  # noqa: F401  (registers the model and the datasets)
-    from glip_d2.data.synthetic import ensure_glip_synth
     from glip_d2.engine import GLIPSimpleTrainer, GLIPTrainer, build_glip_optimizer, setup_cfg
 
-    ensure_glip_synth()
+    # Generates glip_synth unless a complete copy is there.
+    subprocess.run([sys.executable, str(REPO / "datasets" / "prepare_glip_synth.py")], check=True)
     config_file, overrides = CASES[args.case]
     targs = default_argument_parser().parse_args(
         ["--config-file", str(REPO / config_file)]

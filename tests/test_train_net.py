@@ -11,7 +11,7 @@ import pytest
 import torch
 from detectron2.engine import HookBase
 
-from glip_d2.data.synthetic import ensure_glip_synth
+from datasets.prepare_glip_synth import ensure_glip_synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,6 +17,7 @@ from .official import (
     glip_d2_to_official_key,
     official_cell_anchors,
     official_to_glip_d2_key,
+    strip_module_prefix,
     swin_relative_position_index,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "official_cell_anchors",
     "official_to_glip_d2_key",
     "select_official_state_dict",
+    "strip_module_prefix",
     "swin_relative_position_index",
     "use_text_encoder_from_weights",
 ]

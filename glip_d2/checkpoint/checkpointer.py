@@ -14,7 +14,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .io import is_official_state_dict, load_checkpoint_file, select_official_state_dict
-from .official import convert_official_state_dict
+from .official import convert_official_state_dict, strip_module_prefix
 
 __all__ = ["GLIPCheckpointer", "CheckpointMismatchError"]
 
@@ -121,9 +121,7 @@ class GLIPCheckpointer(DetectionCheckpointer):
         state_dict = checkpoint["model"]
         model_sd = self.model.state_dict()
         source = self._loaded_path or "checkpoint"
-        stripped = {
-            k[len("module.") :] if k.startswith("module.") else k: v for k, v in state_dict.items()
-        }
+        stripped = strip_module_prefix(state_dict)
         if self.strict_shapes:
             for key, value in stripped.items():
                 if key in model_sd and torch.is_tensor(value):

@@ -11,7 +11,7 @@ import pickle
 import torch
 from detectron2.utils.file_io import PathManager
 
-from .official import TEXT_ENCODER_PREFIX
+from .official import TEXT_ENCODER_PREFIX, strip_module_prefix
 
 __all__ = [
     "load_checkpoint_file",
@@ -71,15 +71,9 @@ def load_checkpoint_file(path, mmap=False):
     return data
 
 
-def _strip_module(state_dict):
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module.") :]: v for k, v in state_dict.items()}
-    return state_dict
-
-
 def is_official_state_dict(state_dict):
     """Whether a state dict (with or without "module.") uses the official GLIP key layout."""
-    keys = _strip_module(state_dict).keys()
+    keys = strip_module_prefix(state_dict).keys()
     return any(k.startswith(_OFFICIAL_PREFIXES) for k in keys)
 
 
@@ -96,14 +90,14 @@ def select_official_state_dict(checkpoint, ema=False, source="checkpoint"):
     """
     key = "model_ema" if ema else "model"
     if key in checkpoint and isinstance(checkpoint[key], dict):
-        return _strip_module(checkpoint[key])
+        return strip_module_prefix(checkpoint[key])
     if ema:
         raise KeyError(
             f"{source} has no 'model_ema' entry (entries: {sorted(checkpoint)[:10]}); "
             "run without --ema / ema=False"
         )
     if all(torch.is_tensor(v) for v in checkpoint.values()):
-        return _strip_module(checkpoint)
+        return strip_module_prefix(checkpoint)
     raise KeyError(
         f"{source} has no 'model' entry and is not a bare state dict "
         f"(entries: {sorted(checkpoint)[:10]})"
@@ -112,7 +106,7 @@ def select_official_state_dict(checkpoint, ema=False, source="checkpoint"):
 
 def holds_text_encoder(state_dict):
     """Whether a state dict (official or glip_d2 layout) holds the text encoder's weights."""
-    keys = _strip_module(state_dict).keys()
+    keys = strip_module_prefix(state_dict).keys()
     return any(k.startswith((TEXT_ENCODER_PREFIX, "language_backbone.model.")) for k in keys)
 
 

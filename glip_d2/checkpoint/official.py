@@ -16,6 +16,7 @@ __all__ = [
     "glip_d2_to_official_key",
     "official_cell_anchors",
     "official_to_glip_d2_key",
+    "strip_module_prefix",
     "swin_relative_position_index",
 ]
 
@@ -45,6 +46,16 @@ _HEAD_TOP = re.compile(
     r"(\..*)?$"
 )
 _TOWER = re.compile(r"^rpn\.head\.dyhead_tower\.(\d+)\.(.*)$")
+
+
+def strip_module_prefix(state_dict):
+    """The state dict without the "module." prefix that DDP training files carry.
+
+    As the official loader (and fvcore's), the prefix goes only when every key has it.
+    """
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module.") :]: v for k, v in state_dict.items()}
+    return state_dict
 
 
 def official_to_glip_d2_key(key, early_fuse=True):
@@ -96,8 +107,7 @@ def convert_official_state_dict(state_dict):
     """
     import torch
 
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    state_dict = strip_module_prefix(state_dict)
     early_fuse = any(".b_attn." in k for k in state_dict)
     converted, dropped = {}, []
     for key, value in state_dict.items():

@@ -23,12 +23,12 @@ logger = logging.getLogger(__name__)
 
 LANGUAGE_PREFIX = "language_backbone."
 PROMPT_PARAM = "language_backbone.tunable_linear.weight"
-# Parameter-name fragments that stay trainable in the linear probe (official
-# tuning_highlevel_override "linear_prob"; cls_logits does not exist here).
+# Parameter-name fragments that stay trainable in the linear probe (microsoft/GLIP
+# tools/finetune.py, tuning_highlevel_override "linear_prob"; its cls_logits and cosine_scale
+# name parameters glip_d2's head does not have).
 LINEAR_PROBE_KEYWORDS = (
     "bbox_pred",
     "centerness",
-    "cosine_scale",
     "dot_product_projection_text",
     "head.log_scale",
     "head.bias_lang",

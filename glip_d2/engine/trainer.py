@@ -36,8 +36,12 @@ class GLIPTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__ hard-wires SimpleTrainer/AMPTrainer and
-        # DetectionCheckpointer; the same construction order with GLIP's pieces.
+        # Where DefaultTrainer offers a builder (model, optimizer, loaders, scheduler, hooks,
+        # evaluators) this class overrides it. Its __init__ also hard-wires three things
+        # without a builder: SimpleTrainer/AMPTrainer (here the bf16-on-CPU step loop),
+        # create_ddp_model without find_unused_parameters (needed by the frozen tuning
+        # modes) and DetectionCheckpointer (here GLIPCheckpointer with the EMA state). So
+        # this is DefaultTrainer.__init__'s construction order with those three replaced.
         TrainerBase.__init__(self)
         logger = logging.getLogger("detectron2")
         if not logger.isEnabledFor(logging.INFO):

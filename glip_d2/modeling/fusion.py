@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .clamp import clamp_abs
+
 __all__ = ["BiMultiHeadAttention", "VLFusionBlock"]
 
 # Added to the image->text logits of padded tokens; the official value (not -inf, so a caption
@@ -82,11 +84,6 @@ class BiMultiHeadAttention(nn.Module):
             .reshape(batch, t, self.embed_dim)
         )
 
-    def _clamp(self, x):
-        if self.clamp_value:
-            x = x.clamp(min=-self.clamp_value, max=self.clamp_value)
-        return x
-
     def forward(self, v, l, text_mask=None):
         """
         Args:
@@ -103,12 +100,12 @@ class BiMultiHeadAttention(nn.Module):
         value_v = self._split_heads(self.values_v_proj(v))
         value_l = self._split_heads(self.values_l_proj(l))
 
-        scores = self._clamp(torch.bmm(query, key.transpose(1, 2)))  # (B*h, N, L)
+        scores = clamp_abs(torch.bmm(query, key.transpose(1, 2)), self.clamp_value)  # (B*h, N, L)
 
         # Text -> image: every text token (padding included) queries all locations; the row max
         # is subtracted explicitly, as in the official code, before the second clamp.
         scores_l = scores.transpose(1, 2)
-        scores_l = self._clamp(scores_l - scores_l.max(dim=-1, keepdim=True)[0])
+        scores_l = clamp_abs(scores_l - scores_l.max(dim=-1, keepdim=True)[0], self.clamp_value)
         attn_l = scores_l.softmax(dim=-1)
 
         # Image -> text: padded tokens get -9e15, valid ones +1 (the official long mask).

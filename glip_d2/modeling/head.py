@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..structures import TextFeatures
+from .clamp import clamp_abs
 from .dyconv import DyConv
 from .fusion import VLFusionBlock
 from .text_layer import ClampedBertLayer, TextLayerConfig
@@ -243,9 +244,6 @@ class VLDyHead(nn.Module):
             "use_checkpoint": g.USE_CHECKPOINT,
         }
 
-    def _clamp(self, x):
-        return x.clamp(min=-self.clamp_value, max=self.clamp_value) if self.clamp_value else x
-
     def forward(self, features, text, stage_outputs=None):
         """
         Args:
@@ -291,7 +289,7 @@ class VLDyHead(nn.Module):
                 torch.matmul(queries, proj_tokens.transpose(-1, -2)) / temperature
                 + token_bias[:, None, :]
             )
-            logits.append(self._clamp(logit))
+            logits.append(clamp_abs(logit, self.clamp_value))
             bbox_reg.append(self.scales[level](self.bbox_pred(x)))
             centerness.append(self.centerness(x))
         return {

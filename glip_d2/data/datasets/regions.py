@@ -119,13 +119,21 @@ def load_pseudo_label_captions(json_file, image_root, dataset_name=None, conf=0.
 
 
 def register_region_descriptions(name, json_file, image_root):
-    """Register a Visual Genome region-description set (lazy)."""
+    """Register a Visual Genome region-description set (lazy).
+
+    User API: no predefined name or config key registers such a set; call this before
+    building the trainer, then list ``name`` in ``DATASETS.TRAIN`` (``datasets/README.md``).
+    """
     DatasetCatalog.register(name, lambda: load_region_descriptions(json_file, image_root, name))
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root)
 
 
 def register_pseudo_label_captions(name, json_file, image_root, conf=0.5, min_boxes=1):
-    """Register a pseudo-labelled caption set (lazy)."""
+    """Register a pseudo-labelled caption set (lazy).
+
+    User API: no predefined name or config key registers such a set; call this before
+    building the trainer, then list ``name`` in ``DATASETS.TRAIN`` (``datasets/README.md``).
+    """
     DatasetCatalog.register(
         name,
         lambda: load_pseudo_label_captions(json_file, image_root, name, conf, min_boxes),
