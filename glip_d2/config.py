@@ -17,7 +17,7 @@ def add_glip_config(cfg):
     Only adds keys: merge ``configs/Base-GLIP.yaml`` (or a config based on it) to get a GLIP.
     """
     _C = cfg
-    # ---- Swin Transformer v1 visual backbone (official layout, spec §2.1) ----
+    # ---- Swin Transformer v1 visual backbone (the official layout) ----
     _C.MODEL.SWIN = CN()
     _C.MODEL.SWIN.PATCH_SIZE = 4
     _C.MODEL.SWIN.EMBED_DIM = 96  # 192 for GLIP-L
@@ -32,12 +32,12 @@ def add_glip_config(cfg):
     # Recompute blocks in backward to save memory (official USE_CHECKPOINT); train only.
     _C.MODEL.SWIN.USE_CHECKPOINT = False
 
-    # ---- GLIP's FPN: DropBlock on the C3/C4 merged maps in training (spec §2.2) ----
+    # ---- GLIP's FPN: DropBlock on the C3/C4 merged maps in training ----
     _C.MODEL.FPN.DROP_BLOCK = True
     _C.MODEL.FPN.DROP_PROB = 0.3
     _C.MODEL.FPN.DROP_SIZE = 3
 
-    # ---- Language backbone (spec §3) ----
+    # ---- Language backbone ----
     _C.MODEL.LANGUAGE_BACKBONE = CN()
     _C.MODEL.LANGUAGE_BACKBONE.NAME = "HFLanguageBackbone"  # LANGUAGE_BACKBONE_REGISTRY entry
     # HuggingFace hub name, a local folder, or "bundled-minilm" (the offline MiniLM-L6 of the
@@ -52,7 +52,7 @@ def add_glip_config(cfg):
     # Prompt tuning: add a learned (1000, HIDDEN_SIZE) table position-wise to the text features.
     _C.MODEL.LANGUAGE_BACKBONE.TUNABLE_LINEAR = False
 
-    # ---- GLIP head: fused DyHead, prediction layers, ATSS, inference (spec §4-§6) ----
+    # ---- GLIP head: fused DyHead, prediction layers, ATSS, inference ----
     _C.MODEL.GLIP = CN()
     _C.MODEL.GLIP.HEAD_NAME = "VLDyHead"  # GLIP_HEAD_REGISTRY entry (glip_d2/modeling/head.py)
     _C.MODEL.GLIP.CHANNELS = 256  # head width = FPN width = fusion visual width
@@ -96,7 +96,7 @@ def add_glip_config(cfg):
     _C.INPUT.GLIP = CN()
     _C.INPUT.GLIP.FLIP_PROB = 0.5  # horizontal flip; captions swap "left"/"right"
 
-    # ---- Datasets: prompts and mixing (spec §5.1, §6.4) ----
+    # ---- Datasets: prompts and mixing ----
     _C.DATASETS.GLIP = CN()
     _C.DATASETS.GLIP.SEPARATOR = ". "
     _C.DATASETS.GLIP.NUM_NEGATIVES = 85  # official RANDOM_SAMPLE_NEG

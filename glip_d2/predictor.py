@@ -107,7 +107,8 @@ class GLIPPredictor:
 
         Images whose resized sizes are equal run through the model together. Others run
         separately: the fusion attention and the global-pooling attentions see zero padding
-        (spec §12.11), so padding an image to a larger batch size would change its detections.
+        (docs/OFFICIAL_BEHAVIOURS.md, "Padding changes detections"), so padding an image to a
+        larger batch size would change its detections.
         Every image thus gets exactly the detections it gets alone.
 
         Returns:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The official outputs live beside the development checkout (../shared); a user's clone has
-# none, and the tests that need them skip with that reason.
+# Outputs of the official implementation on a small model (docs/DESIGN.md, "Official reference
+# outputs"): a data folder outside the repository; without it the tests that need it skip.
 REFERENCE_DIR = Path(
     os.environ.get(
         "GLIP_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference" / "official_glip_small"
@@ -31,7 +31,8 @@ def load_reference(reference_dir, name):
 
 
 def reference_cfg():
-    """A config with the sizes of the official reference model (its README, "The model")."""
+    """A config with the sizes of the official reference model (docs/DESIGN.md, "Official
+    reference outputs")."""
     from detectron2.config import get_cfg
 
     from glip_d2.config import add_glip_config

@@ -1,5 +1,5 @@
 """Official checkpoint conversion: key mapping both ways, safe loading, the convert CLI and
-GLIPCheckpointer (parity by construction from the spec's key table, §9.2)."""
+GLIPCheckpointer (parity by construction from the official key layout, tests/_official_keys.py)."""
 
 import re
 

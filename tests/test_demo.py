@@ -50,7 +50,7 @@ def test_demo_cli_end_to_end(small_setup):
     record = json.loads((out_dir / "shapes.json").read_text())
     assert record["phrases"] == ["red square", "blue disc"]
     assert record["image"] == str(image_path)
-    # random weights score about 0.07-0.076 (reference README); some detections pass 0.07
+    # the reference model's random weights score about 0.07-0.076; some detections pass 0.07
     assert len(record["detections"]) > 0
     for det in record["detections"]:
         assert det["score"] >= 0.07 and det["phrase"] == record["phrases"][det["phrase_index"]]

@@ -31,8 +31,8 @@ def _levels(dense, sizes):
 
 
 def _assert_close(actual, expected, name, rel=1e-5):
-    # The reference README: rounding-level differences are a few 1e-6 of the tensor's largest
-    # magnitude; real mismatches are >= 1e-4.
+    # Rounding-level differences are a few 1e-6 of the tensor's largest magnitude; real
+    # mismatches are >= 1e-4 (docs/DESIGN.md, "Official reference outputs").
     diff = (actual - expected).abs().max().item()
     bound = rel * expected.abs().max().item() + 1e-7
     assert diff <= bound, f"{name}: max abs diff {diff:.3g} > {bound:.3g}"
@@ -100,7 +100,8 @@ def test_parameter_layout_and_counts(reference_run):
     for name, p in head.named_parameters():
         part = name.split(".")[2] if name.startswith("tower.") else "prediction"
         counts[part] = counts.get(part, 0) + p.numel()
-    # The README's counts; its prediction figure includes the dropped cls_logits (80*64 + 80).
+    # The official run's counts; its prediction figure also held the dropped cls_logits
+    # (80*64 + 80 = 5,200 more).
     assert counts == {
         "fusion": 5_524_992,
         "text_layer": 3_548_928,

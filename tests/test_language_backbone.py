@@ -56,7 +56,8 @@ def test_text_features_match_reference(minilm, reference_dir):
         out = minilm(ids, mask)
     assert out.hidden.shape == (1, 256, 384)
     valid = mask[0].bool()
-    # Transformers versions differ by ~2e-6 on attended tokens (reference README).
+    # Transformers versions differ by ~2e-6 on attended tokens (docs/DESIGN.md, "Official
+    # reference outputs").
     assert (out.hidden[0][valid] - expected[valid]).abs().max() < 1e-5
     assert torch.equal(out.embedded[0][~valid], torch.zeros(int((~valid).sum()), 384))
     assert torch.equal(out.embedded[0][valid], out.hidden[0][valid])

@@ -209,7 +209,8 @@ def test_small_train_forward_backward(small):
 
 
 def test_batch_equals_each_alone(small):
-    """Same-size images (padding changes results, spec §12.11) with different prompts."""
+    """Same-size images (padding changes results: docs/OFFICIAL_BEHAVIOURS.md) with different
+    prompts."""
     a = {
         "image": _image(2),
         "caption": "a red square",

@@ -141,7 +141,8 @@ def read_png(reference_dir, i):
 
 
 def assert_same_detections(instances, ref, label_offset=1):
-    """Compare as sets: label, box within 1e-3 px, score within 1e-6 (reference README)."""
+    """Compare as sets: label, box within 1e-3 px, score within 1e-6 (docs/DESIGN.md,
+    "Official reference outputs")."""
     boxes = instances.pred_boxes.tensor
     scores, labels = instances.scores, instances.pred_classes
     want_boxes, want_scores = ref["det_boxes_orig_xyxy"], ref["det_scores"]

@@ -80,7 +80,8 @@ def is_official_state_dict(state_dict):
 def select_official_state_dict(checkpoint, ema=False, source="checkpoint"):
     """Pick the state dict of an official training file: ``model`` or ``model_ema``.
 
-    Official files hold ``model`` (use it for the published numbers, spec §9.1) and, when EMA
+    Official files hold ``model`` (use it for the published numbers; docs/OFFICIAL_BEHAVIOURS.md,
+    "Checkpoint files") and, when EMA
     was on, ``model_ema``. A bare state dict is accepted as it is (without ``ema``).
 
     Returns:

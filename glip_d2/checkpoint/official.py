@@ -20,7 +20,7 @@ __all__ = [
     "swin_relative_position_index",
 ]
 
-# Where the official model keeps its HuggingFace text encoder (spec §9.2).
+# Where the official model keeps its HuggingFace text encoder (docs/DESIGN.md, parameter layout).
 TEXT_ENCODER_PREFIX = "language_backbone.body.model."
 
 # Official keys that have no glip_d2 counterpart on purpose (regenerated buffers, unused or
@@ -214,9 +214,10 @@ def glip_d2_to_official(
       which follows from the shape of the block's ``relative_position_bias_table``;
     * ``rpn.anchor_generator.cell_anchors.{l}``: from ``anchor_sizes`` / ``anchor_strides``
       (``MODEL.GLIP.ANCHOR_SIZES`` / ``ANCHOR_STRIDES``);
-    * ``rpn.head.cls_logits.{weight,bias}``: the unused classification conv (spec §4.5, §12.13),
-      exported with a zero weight and the prior bias ``-log((1 - p) / p)``; its trained values
-      are never used for scoring and are not kept by the forward conversion.
+    * ``rpn.head.cls_logits.{weight,bias}``: the unused classification conv
+      (docs/OFFICIAL_BEHAVIOURS.md, "Unused classification conv"), exported with a zero weight
+      and the prior bias ``-log((1 - p) / p)``; its trained values are never used for scoring
+      and are not kept by the forward conversion.
 
     Not exported (the official loader ignores their absence): the text encoder's pooler,
     ``embeddings.position_ids``, ``rpn.resizer.*`` and ``rpn.head.mlm_head.*``.

@@ -1,8 +1,9 @@
 """GLIP's optimizer: parameter groups, tuning modes and whole-model gradient clipping.
 
-Official recipe (spec §1.4, §5.5, §8.1): AdamW, ``language_backbone.*`` at ``SOLVER.GLIP.LANG_LR``,
-biases at ``BIAS_LR_FACTOR`` x their lr with ``WEIGHT_DECAY_BIAS``, norms without weight decay,
-and one L2 clip over the gradients of the whole model.
+Official recipe (microsoft/GLIP maskrcnn_benchmark/solver/build.py, ``make_optimizer``): AdamW,
+``language_backbone.*`` at ``SOLVER.GLIP.LANG_LR``, biases at ``BIAS_LR_FACTOR`` x their lr
+with ``WEIGHT_DECAY_BIAS``, norms without weight decay, and one L2 clip over the gradients of
+the whole model.
 """
 
 import logging
@@ -53,7 +54,8 @@ def _keep_eval(module):
 
 
 def apply_tuning_mode(cfg, model):
-    """Freeze the parameters that ``SOLVER.GLIP.TUNING`` does not train (spec §8.1).
+    """Freeze the parameters that ``SOLVER.GLIP.TUNING`` does not train (microsoft/GLIP
+    tools/finetune.py, ``tuning_highlevel_override``).
 
     ``full`` leaves the model as built (its own freezes such as ``MODEL.SWIN.FREEZE_AT`` stay);
     ``linear_prob`` trains only the prediction layers listed in :data:`LINEAR_PROBE_KEYWORDS`;

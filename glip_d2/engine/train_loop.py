@@ -29,7 +29,8 @@ class GLIPSimpleTrainer(SimpleTrainer):
     """``SimpleTrainer`` with optional bf16 autocast on CPU (``SOLVER.GLIP.BF16_CPU``).
 
     A step whose total loss is NaN/Inf on any rank is skipped (no backward, no update), as the
-    official trainer zeroes such losses (spec §5.5), instead of D2's fail-fast error; the
+    official trainer zeroes such losses (microsoft/GLIP maskrcnn_benchmark/engine/trainer.py,
+    ``do_train``), instead of D2's fail-fast error; the
     number of skipped steps is logged as ``skipped_nonfinite_steps``.
     """
 
@@ -48,7 +49,7 @@ class GLIPSimpleTrainer(SimpleTrainer):
             loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
-        # Losses are reduced in fp32 even when the forward ran in bf16 (spec §5.5).
+        # Losses are reduced in fp32 even when the forward ran in bf16, as the official loss.
         loss_dict = {k: v.float() for k, v in loss_dict.items()}
         losses = sum(loss_dict.values())
 

@@ -1,4 +1,7 @@
-"""Phrase-grounding metrics: Flickr30K Entities recall@k (spec §7.1) and RefCOCO accuracy.
+"""Phrase-grounding metrics: Flickr30K Entities recall@k and RefCOCO accuracy.
+
+Official counterparts: microsoft/GLIP maskrcnn_benchmark/data/datasets/evaluation/flickr/
+flickr_eval.py, ``FlickrEvaluator``, and data/datasets/refexp.py (precision at k).
 
 Both read the ground truth from the dataset's registered records (``DatasetCatalog``), one
 record per (image, caption), keyed by ``image_id``. The phrase index of a GT box is the one the

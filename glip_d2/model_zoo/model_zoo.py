@@ -58,7 +58,7 @@ class ReleasedModel:
         return HF_URL_PREFIX + self.filename
 
 
-# Numbers: microsoft/GLIP README "Model Zoo" table (spec §7.2). GLIP-L's fine-tuned COCO number
+# Numbers: microsoft/GLIP README "Model Zoo" table. GLIP-L's fine-tuned COCO number
 # uses multi-scale testing.
 MODELS = {
     "GLIP-T_A": ReleasedModel(

@@ -1,4 +1,6 @@
-"""Bidirectional image-text cross-attention of GLIP's deep fusion (spec §4.2).
+"""Bidirectional image-text cross-attention of GLIP's deep fusion (microsoft/GLIP
+maskrcnn_benchmark/utils/fuse_helper.py, ``BiMultiHeadAttention`` and
+``BiAttentionBlockForCheckpoint``; docs/OFFICIAL_BEHAVIOURS.md, "Fusion residual and masks").
 
 One block updates all five visual levels and the text features together: the visual tokens of
 P3..P7 are concatenated and attend jointly to the text tokens, and the text tokens attend to all

@@ -1,4 +1,5 @@
-"""VLDyHead: GLIP's fused DyHead tower and prediction layers (spec §4.1, §4.5).
+"""VLDyHead: GLIP's fused DyHead tower and prediction layers (microsoft/GLIP
+maskrcnn_benchmark/modeling/rpn/vldyhead.py, ``VLDyHead``).
 
 The tower has ``NUM_LAYERS`` layers; each is (with early fusion) a vision-language fusion
 block, a BERT layer on the text path and a DyConv on the visual path. The prediction layers

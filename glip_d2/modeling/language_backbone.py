@@ -105,7 +105,8 @@ class HFLanguageBackbone(nn.Module):
     ``forward(input_ids, attention_mask)`` with both (B, L) gives a :class:`TextFeatures`:
     ``hidden`` (B, L, D), the last layer (pad rows not zeroed); ``embedded`` (B, L, D) =
     hidden * mask; ``mask`` (B, L), the attention mask.
-    With a tunable linear table (prompt tuning, spec §8.1), its first L rows are added to both.
+    With a tunable linear table (prompt tuning), its first L rows are added to both
+    (docs/OFFICIAL_BEHAVIOURS.md, "Text features").
     """
 
     @configurable

@@ -1,4 +1,6 @@
-"""GLIP's training losses (spec §5.5, §12.9-§12.10).
+"""GLIP's training losses (microsoft/GLIP maskrcnn_benchmark/modeling/rpn/loss.py,
+``ATSSLossComputation``; docs/OFFICIAL_BEHAVIOURS.md, "[NoObj] target column" and "Loss
+normalisation").
 
 * ``loss_dot_product_token``: sigmoid focal loss between every anchor and every attended token.
   A positive anchor's token targets are the binary positive-map row of its matched box; a

@@ -1,10 +1,12 @@
 """GLIPDetector: GLIP's one-stage grounded detector as a Detectron2 meta-architecture.
 
-Pipeline (spec §1.2): BGR images are normalised and zero-padded; the visual backbone gives
+Pipeline (microsoft/GLIP maskrcnn_benchmark/modeling/detector/generalized_vl_rcnn.py,
+``GeneralizedVLRCNN.forward``): BGR images are normalised and zero-padded; the visual backbone gives
 P3..P7; each distinct prompt of the batch goes through the text encoder once; the fused head
 scores every location against every token; ATSS + losses in training, phrase scores + NMS at
 inference. Vocabularies too long for one prompt are split into chunks: the visual backbone
-still runs once per image, the head once per chunk (spec §6.5).
+still runs once per image, the head once per chunk (docs/OFFICIAL_BEHAVIOURS.md, "Detection
+prompts and chunks").
 """
 
 import torch

@@ -1,4 +1,5 @@
-"""From token logits to detections (spec §6, §13.2).
+"""From token logits to detections (microsoft/GLIP maskrcnn_benchmark/modeling/rpn/inference.py,
+``ATSSPostProcessor``; docs/OFFICIAL_BEHAVIOURS.md, "Scoring and NMS").
 
 Per image and level: a phrase's score is the mean of its tokens' probabilities; (location,
 phrase) pairs above ``score_threshold`` (before centerness) are candidates; at most

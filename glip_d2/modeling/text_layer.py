@@ -1,4 +1,5 @@
-"""The BERT layer on the text path of GLIP's head (spec §4.3).
+"""The BERT layer on the text path of GLIP's head (microsoft/GLIP maskrcnn_benchmark/modeling/
+rpn/vldyhead.py, ``BertEncoderLayer``, with the layers of modeling/rpn/modeling_bert.py).
 
 A standard post-LayerNorm BERT encoder layer with the official head's extra clamps: the
 attention scores are clamped before the padding mask is added, and the feed-forward path is

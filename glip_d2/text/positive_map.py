@@ -1,4 +1,8 @@
-"""Char spans -> token positive map (spec §5.3): the one implementation every path uses."""
+"""Char spans -> token positive map: the one implementation every path uses.
+
+Official counterpart: microsoft/GLIP maskrcnn_benchmark/data/datasets/modulated_coco.py,
+``create_positive_map`` (docs/OFFICIAL_BEHAVIOURS.md, "Positive maps").
+"""
 
 import torch
 

@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 def clean_name(name: str) -> str:
-    """The official category-name cleaning (spec §5.1), quirks included.
+    """The official category-name cleaning, quirks included (microsoft/GLIP
+    maskrcnn_benchmark/data/datasets/od_to_grounding.py, ``clean_name``).
 
     1. Remove a "(...)" substring with a *greedy* regex: everything from the first "(" to the
        last ")" goes, including what lies between two parenthesised groups.
@@ -58,7 +59,8 @@ def _override_parts(name, overrides):
 
 
 def build_detection_prompt(names, separator=". ", overrides=None, check_duplicates=True):
-    """The evaluation / fine-tuning detection prompt (spec §6.4, official ``_simple`` variant).
+    """The evaluation / fine-tuning detection prompt (microsoft/GLIP maskrcnn_benchmark/data/
+    datasets/od_to_grounding.py, ``convert_od_to_grounding_simple``).
 
     Args:
         names (list[str]): category names in prompt order (the caller sorts them by id).
@@ -119,7 +121,8 @@ def chunk_phrases(tokenizer, names, max_len=256, chunk_size=0, separator=". "):
     """Split ``names`` into consecutive chunks whose detection prompt fits ``max_len`` tokens.
 
     The length counted includes [CLS] and [SEP]. With ``chunk_size > 0`` a chunk also holds
-    at most ``chunk_size`` names (the official ``TEST.CHUNKED_EVALUATION``, spec §6.5).
+    at most ``chunk_size`` names (the official ``TEST.CHUNKED_EVALUATION``; docs/
+    OFFICIAL_BEHAVIOURS.md, "Detection prompts and chunks").
 
     Returns:
         list[list[int]]: indices into ``names``, in order, covering every name once.
@@ -174,9 +177,10 @@ def _split_until_fits(tokenizer, names, chunk, max_len, separator):
 
 
 class TrainingPromptSampler:
-    """Detection labels -> a shuffled grounding prompt with sampled negatives (spec §5.1).
+    """Detection labels -> a shuffled grounding prompt with sampled negatives.
 
-    The official ``convert_object_detection_to_grounding_optimized_for_od`` with shuffling:
+    The official ``convert_object_detection_to_grounding_optimized_for_od`` with shuffling
+    (microsoft/GLIP maskrcnn_benchmark/data/datasets/od_to_grounding.py):
 
     1. Shuffle the positive classes; keep them while the running word-piece count of
        ``clean_name(name) + ". "`` stays <= ``max_tokens`` (254 = 256 - [CLS] - [SEP]). The

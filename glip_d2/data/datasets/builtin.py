@@ -31,7 +31,8 @@ _PREDEFINED_MDETR = {
         for kind in ("separate", "merged")
         for split in ("train", "val", "test")
     },
-    # GoldG = flickr30k_separate_train + mixed_train_no_coco (spec §5.2).
+    # GoldG = flickr30k_separate_train + mixed_train_no_coco (microsoft/GLIP
+    # configs/pretrain/glip_Swin_T_O365_GoldG.yaml).
     "mixed_train_no_coco": (
         f"{_MDETR}/final_mixed_train_no_coco.json",
         {"vg": "gqa/images", "gqa": "gqa/images", "coco": _COCO_2014},

@@ -1,4 +1,6 @@
-"""MDETR-format grounding sets: Flickr30K entities, GoldG "mixed", RefCOCO/+/g (spec §5.2)."""
+"""MDETR-format grounding sets: Flickr30K entities, GoldG "mixed", RefCOCO/+/g (microsoft/GLIP
+maskrcnn_benchmark/data/datasets/flickr.py, mixed.py, refexp.py over modulated_coco.py's
+``ModulatedDataset``)."""
 
 import json
 import logging

@@ -1,4 +1,5 @@
-"""Visual Genome-style region descriptions and caption sets with pseudo-labels (spec §8.2)."""
+"""Visual Genome-style region descriptions and caption sets with pseudo-labels (microsoft/GLIP
+maskrcnn_benchmark/data/datasets/caption.py reads the latter)."""
 
 import json
 import logging
@@ -60,7 +61,7 @@ def load_region_descriptions(json_file, image_root, dataset_name=None):
 
 
 def load_pseudo_label_captions(json_file, image_root, dataset_name=None, conf=0.5, min_boxes=1):
-    """Image-caption pairs with teacher boxes (the "v2" record of spec §8.2).
+    """Image-caption pairs with teacher boxes (the official "v2" pseudo-label record).
 
     The file is a list of ``{"file_name", "caption", "height", "width", "entities": [
     {"tokens_positive": [[start, end], ...], "boxes": [[x1, y1, x2, y2], ...] (absolute, pixel
