@@ -32,22 +32,33 @@ from glip_d2.predictor import GLIPPredictor
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN_JOB_DIR = REPO / "output" / "main_job"
+# Where demo/main_job.py generates glip_synth (ensure_glip_synth's default root).
+DEFAULT_EXAMPLES = os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "glip_synth")
 
 logger = logging.getLogger("glip_d2.web")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="GLIP web demo: a local page for grounded detection")
-    p.add_argument("--config-file", default="", metavar="FILE", help="glip_d2 config (default: "
-                   "the main job's, output/main_job/config.yaml)")  # fmt: skip
-    p.add_argument("--weights", default=None, metavar="FILE", help="checkpoint (default: the "
-                   "config's MODEL.WEIGHTS; with no --config-file the main job's model_final.pth)")  # fmt: skip
+    p.add_argument(
+        "--config-file",
+        default="",
+        metavar="FILE",
+        help="glip_d2 config (default: the main job's, output/main_job/config.yaml)",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="checkpoint (default: the config's MODEL.WEIGHTS; without --config-file the main "
+        "job's output/main_job/model_final.pth)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--threshold", type=float, default=0.3, help="initial score threshold")
     p.add_argument(
         "--examples",
-        default=os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "glip_synth"),
+        default=DEFAULT_EXAMPLES,
         metavar="DIR",
         help="glip_synth folder whose held-out images are offered as examples (generated if "
         "it is the default and missing)",
@@ -109,8 +120,7 @@ def main(argv=None):
     from glip_d2.web import create_app, load_examples  # the web extra: FastAPI, uvicorn
 
     cfg, config = setup_cfg(args)
-    default_examples = parse_args([]).examples
-    if args.examples == default_examples and not os.path.isdir(args.examples):
+    if args.examples == DEFAULT_EXAMPLES and not os.path.isdir(args.examples):
         print(f"generating the glip_synth examples in {args.examples} (about 20 s)", flush=True)
         ensure_glip_synth(args.examples)
     examples = load_examples(args.examples)
@@ -123,9 +133,7 @@ def main(argv=None):
         f"Model: {config}, weights {weights}, device {cfg.MODEL.DEVICE}. Scores below "
         f"MODEL.GLIP.INFERENCE_TH = {cfg.MODEL.GLIP.INFERENCE_TH:g} are never returned."
     )
-    app = create_app(
-        predictor, examples=examples, threshold=args.threshold, model_info=model_info
-    )
+    app = create_app(predictor, examples=examples, threshold=args.threshold, model_info=model_info)
 
     import uvicorn
 

@@ -130,6 +130,32 @@ def test_examples_prompt_their_classes(synth_root):
     assert load_examples(os.path.join(synth_root, "missing")) == []
 
 
+def _web_cli():
+    spec = importlib.util.spec_from_file_location("web_cli", REPO_ROOT / "demo" / "web.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_finds_or_asks_for_the_main_job_model(tmp_path, monkeypatch):
+    cli = _web_cli()
+    monkeypatch.setattr(cli, "MAIN_JOB_DIR", tmp_path)
+    with pytest.raises(SystemExit, match=r"no trained model at .*model_final.pth.*make demo"):
+        cli.main_job_model(train=False)
+    (tmp_path / "config.yaml").write_text(CONFIG.read_text())
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    assert cli.main_job_model(train=False) == (
+        str(tmp_path / "config.yaml"),
+        str(tmp_path / "model_final.pth"),
+    )
+    with pytest.raises(SystemExit, match="'nope.pth' does not exist"):
+        cli.setup_cfg(cli.parse_args(["--config-file", str(CONFIG), "--weights", "nope.pth"]))
+    cfg, _ = cli.setup_cfg(
+        cli.parse_args(["--config-file", str(CONFIG), "MODEL.GLIP.INFERENCE_TH", "0.01"])
+    )
+    assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.GLIP.INFERENCE_TH == 0.01
+
+
 # ------------------------------------------------------------------ the page in Chromium
 
 
@@ -292,6 +318,8 @@ def test_example_and_caption(page, synth_root):
         ("shapes.png", _shapes_png(), "   ", "The prompt is empty"),
         ("notes.txt", b"not an image at all", "red square", "'notes.txt' is not an image"),
         ("shapes.png", _shapes_png(), "a [red square", "is never closed"),
+        # the model's own refusal: one name longer than the config's 64-token prompt
+        ("shapes.png", _shapes_png(), "word " * 100, "The model refused this prompt: Category"),
     ],
 )
 def test_bad_input_shows_a_message(page, name, data, prompt, expected):

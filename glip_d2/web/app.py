@@ -43,8 +43,9 @@ def _threshold(value):
     return threshold
 
 
-def create_app(predictor, *, examples=(), threshold=0.3, title="GLIP grounded detection",
-               model_info=""):  # fmt: skip
+def create_app(
+    predictor, *, examples=(), threshold=0.3, title="GLIP grounded detection", model_info=""
+):
     """Build the app.
 
     Args:
@@ -74,14 +75,14 @@ def create_app(predictor, *, examples=(), threshold=0.3, title="GLIP grounded de
         )
 
     def detect(image_bgr, prompt, score_threshold, source):
-        with lock:
+        with lock:  # one request at a time: the model and matplotlib's drawing
             start = time.perf_counter()
             output = predictor(image_bgr, prompt)
             seconds = time.perf_counter() - start
-        detections = detection_records(output, score_threshold)
+            detections = detection_records(output, score_threshold)
+            scale = min(2.0, DISPLAY_SIZE / max(image_bgr.shape[:2]))
+            drawn = draw_detections(image_bgr[:, :, ::-1], detections, scale=scale).get_image()
         scores = output["instances"].scores
-        scale = min(2.0, DISPLAY_SIZE / max(image_bgr.shape[:2]))
-        drawn = draw_detections(image_bgr[:, :, ::-1], detections, scale=scale).get_image()
         return render_result(
             drawn_rgb=drawn,
             detections=detections,
@@ -150,8 +151,10 @@ def create_app(predictor, *, examples=(), threshold=0.3, title="GLIP grounded de
             status, result = 400, render_error(str(e))
         except Exception as e:  # the model refused the prompt, or failed: say so on the page
             logger.exception("detection failed")
-            status = 400 if isinstance(e, (ValueError, TypeError, ImportError)) else 500
-            result = render_error(f"The model could not run this request: {e}")
+            if isinstance(e, (ValueError, TypeError, ImportError)):
+                status, result = 400, render_error(f"The model refused this prompt: {e}")
+            else:
+                status, result = 500, render_error(f"The model failed on this request: {e}")
         if request.headers.get("X-Glip-Fragment"):
             return HTMLResponse(result, status_code=status)
         return HTMLResponse(page(state, result), status_code=status)
