@@ -92,6 +92,8 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.CHUNK_SIZE = 0
     # Prompt chunks run through the fused head together, at most this many at once.
     _C.MODEL.GLIP.CHUNK_BATCH = 4
+    # Load MODEL.WEIGHTS even when it holds tensors the model does not have (they are dropped).
+    _C.MODEL.GLIP.ALLOW_UNEXPECTED_KEYS = False
 
     # ---- Input ----
     _C.INPUT.FORMAT = "BGR"
@@ -123,6 +125,8 @@ def add_glip_config(cfg):
     _C.SOLVER.GLIP.TUNING = "full"
     _C.SOLVER.GLIP.BF16_CPU = False  # bf16 autocast for training on CPU
     _C.SOLVER.GLIP.LOG_PERIOD = 20  # iterations between metric writes (console, json, tb)
+    # Non-finite-loss steps skipped in a row before training stops with an error (0: stop at once).
+    _C.SOLVER.GLIP.MAX_SKIPPED_STEPS = 5
     _C.SOLVER.EMA = CN()
     _C.SOLVER.EMA.ENABLED = False
     _C.SOLVER.EMA.DECAY = 0.999

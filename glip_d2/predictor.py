@@ -130,6 +130,7 @@ class GLIPPredictor(DefaultPredictor):
             self.model,
             ema=ema,
             text_encoder_from_checkpoint=self.cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT,
+            allow_unexpected_keys=self.cfg.MODEL.GLIP.ALLOW_UNEXPECTED_KEYS,
         ).load(self.cfg.MODEL.WEIGHTS)
         self.aug = GLIPResizeShortestEdge(
             [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST],
