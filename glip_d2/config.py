@@ -92,6 +92,10 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.CHUNK_SIZE = 0
     # Prompt chunks run through the fused head together, at most this many at once.
     _C.MODEL.GLIP.CHUNK_BATCH = 4
+    # Detections kept per prompt pass (chunk) after NMS, before the chunks are concatenated
+    # (official MODEL.ATSS.DETECTIONS_PER_IMG; 300 in the official LVIS evaluation); 0: the same
+    # as TEST.DETECTIONS_PER_IMAGE. The evaluators apply the final per-image cap.
+    _C.MODEL.GLIP.DETECTIONS_PER_CHUNK = 0
     # Load MODEL.WEIGHTS even when it holds tensors the model does not have (they are dropped).
     _C.MODEL.GLIP.ALLOW_UNEXPECTED_KEYS = False
 
