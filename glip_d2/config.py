@@ -91,6 +91,12 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.CHUNK_SIZE = 0
     # Prompt chunks run through the fused head together, at most this many at once.
     _C.MODEL.GLIP.CHUNK_BATCH = 4
+    # Detections kept per prompt pass (chunk) after NMS, before the chunks are concatenated
+    # (official MODEL.ATSS.DETECTIONS_PER_IMG; 300 in the official LVIS evaluation); 0: the same
+    # as TEST.DETECTIONS_PER_IMAGE. The evaluators apply the final per-image cap.
+    _C.MODEL.GLIP.DETECTIONS_PER_CHUNK = 0
+    # Load MODEL.WEIGHTS even when it holds tensors the model does not have (they are dropped).
+    _C.MODEL.GLIP.ALLOW_UNEXPECTED_KEYS = False
 
     # ---- Input ----
     _C.INPUT.GLIP = CN()
@@ -117,6 +123,8 @@ def add_glip_config(cfg):
     _C.SOLVER.GLIP.TUNING = "full"
     _C.SOLVER.GLIP.BF16_CPU = False  # bf16 autocast for training on CPU
     _C.SOLVER.GLIP.LOG_PERIOD = 20  # iterations between metric writes (console, json, tb)
+    # Non-finite-loss steps skipped in a row before training stops with an error (0: stop at once).
+    _C.SOLVER.GLIP.MAX_SKIPPED_STEPS = 5
     _C.SOLVER.EMA = CN()
     _C.SOLVER.EMA.ENABLED = False
     _C.SOLVER.EMA.DECAY = 0.999

@@ -57,6 +57,7 @@ class GLIPPredictor:
                 model,
                 ema=ema,
                 text_encoder_from_checkpoint=self.cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT,
+                allow_unexpected_keys=self.cfg.MODEL.GLIP.ALLOW_UNEXPECTED_KEYS,
             ).load(self.cfg.MODEL.WEIGHTS)
         self.model = model.eval()
         self.metadata = (

@@ -1,6 +1,11 @@
 """Official GLIP checkpoints: key mapping both ways, safe reading, ``GLIPCheckpointer``."""
 
-from .checkpointer import CheckpointMismatchError, GLIPCheckpointer
+from .checkpointer import (
+    CheckpointMismatchError,
+    GLIPCheckpointer,
+    NonFiniteCheckpointError,
+    find_nonfinite_tensor,
+)
 from .io import (
     describe_checkpoint,
     holds_text_encoder,
@@ -25,9 +30,11 @@ __all__ = [
     "CheckpointMismatchError",
     "DROPPED_OFFICIAL_KEYS",
     "GLIPCheckpointer",
+    "NonFiniteCheckpointError",
     "TEXT_ENCODER_PREFIX",
     "convert_official_state_dict",
     "describe_checkpoint",
+    "find_nonfinite_tensor",
     "glip_d2_to_official",
     "glip_d2_to_official_key",
     "holds_text_encoder",

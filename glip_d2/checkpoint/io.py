@@ -40,11 +40,21 @@ def load_checkpoint_file(path, mmap=False):
     Raises:
         ValueError: the file holds pickled Python objects (or is not a checkpoint at all).
     """
-    local = PathManager.get_local_path(path)
+    try:
+        local = PathManager.get_local_path(path)
+    except OSError as e:  # a URL that cannot be fetched
+        raise ValueError(f"cannot fetch checkpoint {path!r}: {e}") from e
     if local.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(local, device="cpu")
+        try:
+            return load_file(local, device="cpu")
+        except SafetensorError as e:
+            raise ValueError(
+                f"cannot read checkpoint {path!r} as safetensors ({e}): the file is empty, "
+                "truncated or not a safetensors file despite its name"
+            ) from e
     if local.endswith(".pkl"):
         raise ValueError(
             f"checkpoint {path!r} is a Python pickle (.pkl); glip_d2 does not unpickle files "
@@ -53,6 +63,8 @@ def load_checkpoint_file(path, mmap=False):
     try:
         data = torch.load(local, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # not a pickle stream at all
+            raise _unreadable(path, e) from e
         raise ValueError(
             f"checkpoint {path!r} holds pickled Python objects that weights-only loading refuses "
             f"({str(e).splitlines()[0]}). glip_d2 loads only tensors, dicts, lists, numbers and "
@@ -62,13 +74,27 @@ def load_checkpoint_file(path, mmap=False):
     except RuntimeError as e:
         if mmap and "mmap" in str(e):  # legacy (non-zip) file format: no memory map
             return load_checkpoint_file(path, mmap=False)
-        raise ValueError(f"cannot read checkpoint {path!r}: {e}") from e
+        raise _unreadable(path, e) from e
+    except (EOFError, KeyError, UnicodeDecodeError) as e:
+        # What torch's legacy reader raises on an empty file or on bytes that are not a pickle.
+        raise _unreadable(path, e) from e
     if not isinstance(data, dict):
         raise ValueError(
             f"checkpoint {path!r} holds a {type(data).__name__}, expected a dict (a state dict "
             "or a dict with a 'model' entry)"
         )
     return data
+
+
+def _unreadable(path, error):
+    """The error for a file torch cannot parse, with the reader's own reason when it has one."""
+    text = str(error).split("WeightsUnpickler error:")[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = f"{type(error).__name__}: {lines[0]}" if lines else f"{type(error).__name__}"
+    return ValueError(
+        f"cannot read checkpoint {path!r}: the file is empty, truncated or not a torch "
+        f"checkpoint ({detail})"
+    )
 
 
 def is_official_state_dict(state_dict):

@@ -7,14 +7,16 @@ from .optimizer import (
     glip_optimizer_params,
     maybe_add_full_model_gradient_clipping,
 )
-from .train_loop import GLIPSimpleTrainer, build_train_loop
+from .train_loop import GLIPAMPTrainer, GLIPSimpleTrainer, NonFiniteLossGuard, build_train_loop
 from .trainer import GLIPTrainer, evaluate_checkpoint, setup_cfg
 
 __all__ = [
     "EMAHook",
+    "GLIPAMPTrainer",
     "GLIPSimpleTrainer",
     "GLIPTrainer",
     "ModelEMA",
+    "NonFiniteLossGuard",
     "apply_tuning_mode",
     "build_glip_optimizer",
     "build_train_loop",

@@ -30,9 +30,11 @@ class GLIPTrainer(DefaultTrainer):
     """D2's ``DefaultTrainer`` for GLIP.
 
     Differences: the grounding train loader (dataset mixing), GLIP's optimizer (LANG_LR, bias
-    and norm groups, whole-model clipping, tuning modes), a step loop with bf16 autocast on CPU,
-    :class:`GLIPCheckpointer` (official files), an optional EMA of the weights (saved in the
-    checkpoints, used for evaluation), and per-dataset evaluators with the ODinW average.
+    and norm groups, whole-model clipping, tuning modes), a step loop with bf16 autocast on CPU
+    that skips a few non-finite steps and then stops (``SOLVER.GLIP.MAX_SKIPPED_STEPS``),
+    :class:`GLIPCheckpointer` (official files; refuses to save NaN/Inf weights), an optional EMA
+    of the weights (saved in the checkpoints, used for evaluation), and per-dataset evaluators
+    with the ODinW average.
     """
 
     def __init__(self, cfg):
@@ -61,7 +63,12 @@ class GLIPTrainer(DefaultTrainer):
         )
         self._trainer = build_train_loop(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = GLIPCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = GLIPCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            allow_unexpected_keys=cfg.MODEL.GLIP.ALLOW_UNEXPECTED_KEYS,
+            trainer=weakref.proxy(self),
+        )
         self.ema = None
         if cfg.SOLVER.EMA.ENABLED:
             self.ema = ModelEMA(model, cfg.SOLVER.EMA.DECAY)
@@ -156,7 +163,9 @@ def evaluate_checkpoint(cfg, resume=False):
     With ``SOLVER.EMA.ENABLED`` and an EMA state in the file, its averaged weights are used.
     """
     model = GLIPTrainer.build_model(cfg)
-    checkpointer = GLIPCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    checkpointer = GLIPCheckpointer(
+        model, save_dir=cfg.OUTPUT_DIR, allow_unexpected_keys=cfg.MODEL.GLIP.ALLOW_UNEXPECTED_KEYS
+    )
     ema = ModelEMA(model, cfg.SOLVER.EMA.DECAY) if cfg.SOLVER.EMA.ENABLED else None
     if ema is not None:
         checkpointer.add_checkpointable("ema", ema)

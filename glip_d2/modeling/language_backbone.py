@@ -110,7 +110,16 @@ class HFLanguageBackbone(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, model, tokenizer, max_query_len=256, freeze=False, tunable_linear=False):
+    def __init__(
+        self,
+        *,
+        model,
+        tokenizer,
+        max_query_len=256,
+        freeze=False,
+        tunable_linear=False,
+        weights_from_checkpoint=False,
+    ):
         """
         Args:
             model (transformers.BertModel): encoder without pooler.
@@ -118,8 +127,11 @@ class HFLanguageBackbone(nn.Module):
             max_query_len (int): every caption is padded / truncated to this many tokens.
             freeze (bool): no gradients for the encoder, which also stays in eval mode.
             tunable_linear (bool): add the zero-initialised (1000, D) prompt-tuning table.
+            weights_from_checkpoint (bool): ``model`` holds random weights that MODEL.WEIGHTS
+                must replace (GLIPCheckpointer refuses a checkpoint without them).
         """
         super().__init__()
+        self.weights_from_checkpoint = weights_from_checkpoint
         max_pos = model.config.max_position_embeddings
         if not 0 < max_query_len <= max_pos:
             raise ValueError(
@@ -156,6 +168,7 @@ class HFLanguageBackbone(nn.Module):
             "max_query_len": lb.MAX_QUERY_LEN,
             "freeze": lb.FREEZE,
             "tunable_linear": lb.TUNABLE_LINEAR,
+            "weights_from_checkpoint": lb.WEIGHTS_FROM_CHECKPOINT,
         }
 
     @property

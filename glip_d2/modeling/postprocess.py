@@ -55,7 +55,8 @@ class GLIPPostProcessor:
             score_threshold (float): on the phrase score, before centerness.
             pre_nms_top_n (int): candidates kept per level and image.
             nms_threshold (float): class-aware NMS IoU threshold.
-            detections_per_image (int): cap after NMS (<= 0: no cap).
+            detections_per_image (int): cap after NMS (<= 0: no cap), per prompt pass
+                (``MODEL.GLIP.DETECTIONS_PER_CHUNK``, else ``TEST.DETECTIONS_PER_IMAGE``).
         """
         self.box_coder = box_coder
         self.score_threshold = score_threshold
@@ -71,7 +72,8 @@ class GLIPPostProcessor:
             "score_threshold": g.INFERENCE_TH,
             "pre_nms_top_n": g.PRE_NMS_TOP_N,
             "nms_threshold": g.NMS_TH,
-            "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            # Applied to each prompt pass: one per image, or one per chunk of a long vocabulary.
+            "detections_per_image": g.DETECTIONS_PER_CHUNK or cfg.TEST.DETECTIONS_PER_IMAGE,
         }
 
     def candidates(

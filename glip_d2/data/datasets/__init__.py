@@ -3,6 +3,7 @@
 from . import builtin  # noqa: F401  registers the predefined datasets
 from .builtin import register_all_glip, register_glip_synth
 from .coco import register_grounding_coco
+from .lvis import lvis_v1_official_names, register_lvis_evaluation
 from .mdetr import load_mdetr_json, register_mdetr_grounding
 from .regions import (
     load_pseudo_label_captions,
@@ -15,9 +16,11 @@ __all__ = [
     "load_mdetr_json",
     "load_pseudo_label_captions",
     "load_region_descriptions",
+    "lvis_v1_official_names",
     "register_all_glip",
     "register_glip_synth",
     "register_grounding_coco",
+    "register_lvis_evaluation",
     "register_mdetr_grounding",
     "register_pseudo_label_captions",
     "register_region_descriptions",

@@ -1,7 +1,9 @@
 """Predefined GLIP datasets, rooted at ``$DETECTRON2_DATASETS`` (default ``datasets``).
 
 COCO and LVIS use Detectron2's own registrations (``coco_2017_train``, ``lvis_v1_val``, ...),
-whose ``thing_classes`` give the prompt. ``datasets/README.md`` describes the expected layout.
+whose ``thing_classes`` give the prompt; ``lvis_evaluation_{mini_val,val}`` are the official
+LVIS evaluation sets with the official prompt names (``lvis.py``). ``datasets/README.md``
+describes the expected layout.
 Registration is lazy: nothing is read until ``DatasetCatalog.get``.
 """
 
@@ -11,6 +13,7 @@ from detectron2.data import DatasetCatalog
 
 from ..synthetic import ALL_CLASSES, SEEN_CLASSES
 from .coco import register_grounding_coco
+from .lvis import LVIS_EVALUATION_SETS, register_lvis_evaluation
 from .mdetr import register_mdetr_grounding
 
 __all__ = ["register_all_glip", "register_glip_synth"]
@@ -99,6 +102,10 @@ def register_all_glip(root):
         )
     for name, (json_file, image_root) in _PREDEFINED_COCO.items():
         register_grounding_coco(name, _join(root, json_file), _join(root, image_root))
+    for name, (json_file, image_root) in LVIS_EVALUATION_SETS.items():
+        register_lvis_evaluation(
+            name, os.path.join(root, json_file), os.path.join(root, image_root)
+        )
     register_glip_synth(root)
 
 
