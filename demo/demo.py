@@ -6,7 +6,7 @@ Examples::
         --classes person bicycle "traffic light" --output out/ \\
         --opts MODEL.WEIGHTS glip_tiny_model_o365_goldg_cc_sbu.pth
     python demo/demo.py --config-file configs/GLIP-T.yaml --input a.jpg \\
-        --prompt "a man rides a red bicycle" --output out/        # noun phrases (spaCy)
+        --prompt "a man rides a red bicycle" --output out/        # a sentence: its phrases
     python demo/demo.py ... --prompt "a red car" --phrase-spans '[[[0, 9]]]'
 
 For every input image ``out/<name>.jpg`` (drawn) and ``out/<name>.json`` (detections) are

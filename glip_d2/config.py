@@ -135,4 +135,10 @@ def add_glip_config(cfg):
     _C.TEST.GLIP.LVIS_FIXED_AP = False
     # Flickr30K recall against each GT box ("separate") or a phrase's enclosing box ("merged").
     _C.TEST.GLIP.FLICKR_GT_TYPE = "separate"
+    # Phrases of a free-sentence prompt: "spacy" (noun phrases), "model" (the model's own token
+    # scores, glip_d2/modeling/phrase_grounding.py) or "auto" (spaCy when installed).
+    _C.TEST.GLIP.PHRASE_FINDER = "auto"
+    # A token belongs to a phrase when its score (max over locations of sqrt(p x centerness))
+    # exceeds this (Grounding DINO's text threshold).
+    _C.TEST.GLIP.TEXT_THRESHOLD = 0.25
     return cfg

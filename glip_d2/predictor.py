@@ -6,11 +6,14 @@
     predictor = GLIPPredictor(cfg)
     out = predictor(image_bgr, ["person", "bicycle"])          # class names
     out = predictor(image_bgr, {"caption": "a red car", "phrase_spans": [[[0, 9]]]})
-    out = predictor(image_bgr, "two dogs play with a red ball")  # noun phrases (spaCy)
+    out = predictor(image_bgr, "two dogs play with a red ball")  # a free sentence
     out["instances"].pred_classes  # index into out["phrases"]
 
 The accepted prompt forms are those of :func:`glip_d2.text.normalize_prompt`; ``None`` means the
-``thing_classes`` of ``cfg.DATASETS.TEST[0]``'s metadata.
+``thing_classes`` of ``cfg.DATASETS.TEST[0]``'s metadata. A free sentence is split into noun
+phrases by spaCy when it is installed; otherwise (or with ``TEST.GLIP.PHRASE_FINDER "model"``)
+the model finds the phrases itself, from its token scores above ``TEST.GLIP.TEXT_THRESHOLD``
+(glip_d2/modeling/phrase_grounding.py), in the same forward pass that detects them.
 """
 
 import torch
@@ -21,7 +24,10 @@ from detectron2.modeling import build_model
 from . import modeling  # noqa: F401  (registers GLIPDetector and the backbones)
 from .checkpoint import GLIPCheckpointer, use_text_encoder_from_weights
 from .data.transforms import GLIPResizeShortestEdge
-from .text import normalize_prompt
+from .modeling.phrase_grounding import ground_captions
+from .text import normalize_prompt, spacy_available
+
+PHRASE_FINDERS = ("auto", "spacy", "model")
 
 __all__ = ["GLIPPredictor", "read_image"]
 
@@ -70,6 +76,19 @@ class GLIPPredictor:
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
+        finder = self.cfg.TEST.GLIP.PHRASE_FINDER
+        if finder not in PHRASE_FINDERS:
+            raise ValueError(f"TEST.GLIP.PHRASE_FINDER must be one of {PHRASE_FINDERS}: {finder!r}")
+        self.phrase_finder = finder
+        self.text_threshold = float(self.cfg.TEST.GLIP.TEXT_THRESHOLD)
+
+    def model_finds_phrases(self, prompt):
+        """Whether the phrases of ``prompt`` come from the model (a free sentence without spaCy,
+        or ``TEST.GLIP.PHRASE_FINDER "model"``)."""
+        return isinstance(prompt, str) and (
+            self.phrase_finder == "model"
+            or (self.phrase_finder == "auto" and not spacy_available())
+        )
 
     @property
     def default_names(self):
@@ -77,7 +96,8 @@ class GLIPPredictor:
         return list(getattr(self.metadata, "thing_classes", None) or [])
 
     def prepare(self, original_image, prompt=None):
-        """The model input dict of one image and prompt, and the phrase names."""
+        """The model input dict of one image and prompt, and the phrase names (None when the
+        model finds the phrases: the input then holds the ``caption`` only)."""
         if not hasattr(original_image, "shape") or original_image.ndim != 3:
             raise ValueError(
                 "expected an (H, W, 3) uint8 image array, got "
@@ -88,7 +108,12 @@ class GLIPPredictor:
         height, width = original_image.shape[:2]
         image = self.aug.get_transform(original_image).apply_image(original_image)
         image = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
-        fields, names = normalize_prompt(prompt, self.default_names)
+        if self.model_finds_phrases(prompt):
+            if not prompt.strip():
+                raise ValueError(f"a free-sentence prompt must be a non-empty string: {prompt!r}")
+            fields, names = {"caption": prompt}, None
+        else:
+            fields, names = normalize_prompt(prompt, self.default_names)
         return {"image": image, "height": height, "width": width, **fields}, names
 
     def __call__(self, original_image, prompt=None):
@@ -110,10 +135,13 @@ class GLIPPredictor:
         separately: the fusion attention and the global-pooling attentions see zero padding
         (docs/OFFICIAL_BEHAVIOURS.md, "Padding changes detections"), so padding an image to a
         larger batch size would change its detections.
-        Every image thus gets exactly the detections it gets alone.
+        Every image thus gets exactly the detections it gets alone. Free sentences whose
+        phrases the model finds run as their own sub-batch (:func:`ground_captions`).
 
         Returns:
-            list[dict]: one ``{"instances", "phrases"}`` per image.
+            list[dict]: one ``{"instances", "phrases"}`` per image; a prompt that became a
+            caption (a sentence, or a caption with spans) also gives ``caption`` and
+            ``phrase_spans`` (phrase ``k``'s spans in the caption).
         """
         prompts = [None] * len(images) if prompts is None else list(prompts)
         if len(prompts) != len(images):
@@ -124,13 +152,30 @@ class GLIPPredictor:
             groups.setdefault(tuple(data["image"].shape[-2:]), []).append(i)
         results = [None] * len(images)
         with torch.no_grad():
-            for indices in groups.values():
-                outputs = self.model([prepared[i][0] for i in indices])
-                for i, out in zip(indices, outputs, strict=True):
-                    results[i] = {
-                        "instances": out["instances"].to("cpu"),
-                        "phrases": prepared[i][1],
-                    }
+            for group in groups.values():
+                given = [i for i in group if prepared[i][1] is not None]
+                found = [i for i in group if prepared[i][1] is None]
+                if given:
+                    outputs = self.model([prepared[i][0] for i in given])
+                    for i, out in zip(given, outputs, strict=True):
+                        results[i] = {
+                            "instances": out["instances"].to("cpu"),
+                            "phrases": prepared[i][1],
+                        }
+                        if "phrase_spans" in prepared[i][0]:
+                            results[i]["caption"] = prepared[i][0]["caption"]
+                            results[i]["phrase_spans"] = prepared[i][0]["phrase_spans"]
+                if found:
+                    outputs = ground_captions(
+                        self.model, [prepared[i][0] for i in found], self.text_threshold
+                    )
+                    for i, out in zip(found, outputs, strict=True):
+                        results[i] = {
+                            "instances": out["instances"].to("cpu"),
+                            "phrases": out["phrases"],
+                            "caption": prepared[i][0]["caption"],
+                            "phrase_spans": out["phrase_spans"],
+                        }
         return results
 
 

@@ -207,6 +207,9 @@ def test_rgb_input_format_gives_the_same_result(predictor, reference_dir):
 
 
 def test_sentence_prompt_uses_noun_phrases(predictor, reference_dir, monkeypatch):
+    import glip_d2.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "spacy_available", lambda: True)  # as if installed
     monkeypatch.setattr(noun_phrases, "tag_words", lambda text: tagged_caption1())
     out = predictor(read_png(reference_dir, 1), CAPTION1)
     assert out["phrases"][:3] == ["a pink arrow points", "a black cross", "the cross"]

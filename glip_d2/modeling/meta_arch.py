@@ -15,7 +15,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_anchor_generator, buil
 from detectron2.structures import ImageList, Instances
 from torch import nn
 
-from ..text import PromptJobBuilder
+from ..text import PromptJob, PromptJobBuilder
 from .box_coder import BoxCoder
 from .head import build_glip_head
 from .language_backbone import build_language_backbone
@@ -206,6 +206,38 @@ class GLIPDetector(nn.Module):
         return self.loss(outputs, anchors, num_per_level, gt_boxes, gt_maps, text.mask)
 
     # ---- inference -----------------------------------------------------------------------
+
+    def dense_outputs(self, batched_inputs, images=None):
+        """The head's outputs for each image's ``caption``, before any phrase is chosen.
+
+        The head scores tokens, not phrases, so its outputs do not depend on ``phrase_spans``:
+        post-processing them with a positive map gives exactly what :meth:`inference` gives
+        for that caption and those phrases (used to find phrases with the model,
+        glip_d2/modeling/phrase_grounding.py).
+
+        Returns:
+            dict: ``logits`` (B, N, L), ``bbox_reg`` (B, N, 4), ``centerness`` (B, N, 1),
+            ``text_mask`` (B, L), ``anchors`` (N, 4), ``num_anchors_per_level`` (list[int]),
+            ``images`` (the normalised ``ImageList``).
+        """
+        if images is None:
+            images = self.preprocess_image(batched_inputs)
+        jobs = []
+        for i, x in enumerate(batched_inputs):
+            if not isinstance(x.get("caption"), str) or not x["caption"].strip():
+                raise ValueError(f"image {i}: dense outputs need a non-empty 'caption'")
+            jobs.append(PromptJob(i, x["caption"], (), ()))
+        features, anchors, num_per_level = self._features_and_anchors(images)
+        text, text_index = self._encode_prompts(jobs)
+        text = text.index_select(text_index)
+        outputs = self._run_head(features, text, list(range(len(jobs))))
+        return {
+            **outputs,
+            "text_mask": text.mask,
+            "anchors": anchors,
+            "num_anchors_per_level": num_per_level,
+            "images": images,
+        }
 
     def inference(self, batched_inputs, images=None, do_postprocess=True):
         """Detections per image.

@@ -2,12 +2,14 @@
 
 Tokenizer loading (:mod:`.tokenizer`), phrase spans and their validation (:mod:`.spans`),
 detection prompts and chunks (:mod:`.prompts`), user prompt forms (:mod:`.user_prompts`), noun
-phrases of free sentences (:mod:`.noun_phrases`), positive maps (:mod:`.positive_map`) and the
+phrases of free sentences (:mod:`.noun_phrases`) or from token scores (:mod:`.phrase_finder`),
+positive maps (:mod:`.positive_map`) and the
 per-image prompt jobs of a batch (:mod:`.prompt_jobs`). This package imports no other part of
 glip_d2; data, modeling, evaluation and the predictor import it.
 """
 
-from .noun_phrases import extract_noun_phrases
+from .noun_phrases import extract_noun_phrases, spacy_available
+from .phrase_finder import find_phrases
 from .positive_map import build_positive_map
 from .prompt_jobs import PromptJob, PromptJobBuilder
 from .prompts import (
@@ -34,8 +36,10 @@ __all__ = [
     "clean_name",
     "count_prompt_tokens",
     "extract_noun_phrases",
+    "find_phrases",
     "load_tokenizer",
     "normalize_prompt",
     "prompt_fits",
     "record_phrases",
+    "spacy_available",
 ]

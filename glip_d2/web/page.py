@@ -170,7 +170,8 @@ def render_page(*, title, model_info, examples, state, result_html=""):
 <textarea id="prompt" name="prompt" rows="4">{escape(state["prompt"])}</textarea>
 {kinds}<p class="hint">Class names: "red circle. blue star" (or one per line, or commas).
 Caption: "a [red circle] left of a [blue star]". A free sentence is split into noun phrases
-(needs spaCy: pip install 'glip_d2[nlp]').</p></fieldset>
+by spaCy when installed, else into the words the model scores above its text threshold.</p>
+</fieldset>
 <fieldset><legend>Score threshold</legend>
 <input type="range" id="threshold-slider" min="0" max="1" step="any" value="{threshold}">
 <input type="number" id="threshold" name="threshold" min="0" max="1" step="any"
