@@ -114,6 +114,14 @@ def add_glip_config(cfg):
     _C.DATASETS.GLIP.TRAIN_RATIOS = []
     # JSON file {category name: {"prefix": .., "name": .., "suffix": ..}} of prompt overrides.
     _C.DATASETS.GLIP.PROMPT_OVERRIDES = ""
+    # Caption sets with teacher boxes (pseudo-labels), microsoft/GLIP
+    # maskrcnn_benchmark/data/datasets/caption.py (CaptionTSV); defaults: the official GLIP-L
+    # pre-training config (configs/pretrain/glip_Swin_L.yaml), the only official caption recipe.
+    # [[name, json_file, image_root], ...]: registered at setup with the screening keys below.
+    _C.DATASETS.GLIP.PSEUDO_LABEL_SETS = []
+    _C.DATASETS.GLIP.CAPTION_CONF = 0.5  # keep teacher boxes with score > this
+    _C.DATASETS.GLIP.CAPTION_NMS = -1.0  # > 0: class-agnostic NMS IoU over the kept boxes
+    _C.DATASETS.GLIP.CAPTION_MIN_BOX = 1  # images with fewer kept boxes are not trained on
 
     # ---- Solver ----
     _C.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"

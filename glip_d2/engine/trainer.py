@@ -15,6 +15,7 @@ from detectron2.utils.logger import setup_logger
 from ..checkpoint import GLIPCheckpointer
 from ..config import add_glip_config
 from ..data.build import build_grounding_train_loader
+from ..data.datasets import register_pseudo_label_sets
 from ..data.mapper import GroundingDatasetMapper
 from ..evaluation import average_over_datasets, build_glip_evaluator
 from .ema import EMAHook, ModelEMA
@@ -145,13 +146,15 @@ class GLIPTrainer(DefaultTrainer):
 
 
 def setup_cfg(args):
-    """get_cfg + add_glip_config + the config file + command-line overrides + default_setup."""
+    """get_cfg + add_glip_config + the config file + command-line overrides + default_setup;
+    registers the sets of ``DATASETS.GLIP.PSEUDO_LABEL_SETS``."""
     cfg = get_cfg()
     add_glip_config(cfg)
     if args.config_file:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    register_pseudo_label_sets(cfg)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="glip_d2")
     return cfg

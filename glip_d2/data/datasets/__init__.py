@@ -9,7 +9,9 @@ from .regions import (
     load_pseudo_label_captions,
     load_region_descriptions,
     register_pseudo_label_captions,
+    register_pseudo_label_sets,
     register_region_descriptions,
+    screen_teacher_boxes,
 )
 
 __all__ = [
@@ -23,5 +25,7 @@ __all__ = [
     "register_lvis_evaluation",
     "register_mdetr_grounding",
     "register_pseudo_label_captions",
+    "register_pseudo_label_sets",
     "register_region_descriptions",
+    "screen_teacher_boxes",
 ]
