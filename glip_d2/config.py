@@ -122,6 +122,10 @@ def add_glip_config(cfg):
     _C.DATASETS.GLIP.CAPTION_CONF = 0.5  # keep teacher boxes with score > this
     _C.DATASETS.GLIP.CAPTION_NMS = -1.0  # > 0: class-agnostic NMS IoU over the kept boxes
     _C.DATASETS.GLIP.CAPTION_MIN_BOX = 1  # images with fewer kept boxes are not trained on
+    # Packing: append up to this many other captions of the set as negatives (0: no packing).
+    _C.DATASETS.GLIP.PACK_RANDOM_CAPTION_NUMBER = 20
+    _C.DATASETS.GLIP.NO_RANDOM_PACK_PROBABILITY = 0.4  # no negatives at all
+    _C.DATASETS.GLIP.RANDOM_PACK_PROB = 0.5  # else all of them, else a uniform 0..N-1
 
     # ---- Solver ----
     _C.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"

@@ -4,14 +4,19 @@ import itertools
 import logging
 
 import torch
-from detectron2.data import DatasetCatalog, build_detection_train_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.data.common import DatasetFromList
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 
 from .mapper import GroundingDatasetMapper
 
-__all__ = ["get_grounding_dataset_dicts", "mixing_repeat_factors", "build_grounding_train_loader"]
+__all__ = [
+    "build_grounding_train_loader",
+    "caption_pools",
+    "get_grounding_dataset_dicts",
+    "mixing_repeat_factors",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,18 +73,31 @@ def mixing_repeat_factors(sizes, ratios):
     return torch.cat(factors)
 
 
+def caption_pools(records, names):
+    """The captions of each pseudo-labelled caption set among ``names`` (metadata
+    ``pseudo_label_captions``), for packing: {dataset name: [caption of each record]}."""
+    sets = [n for n in names if MetadataCatalog.get(n).get("pseudo_label_captions", False)]
+    pools = {n: [] for n in sets}
+    for r in records:
+        if r.get("dataset_name") in pools:
+            pools[r["dataset_name"]].append(r["caption"])
+    return pools
+
+
 def build_grounding_train_loader(cfg, mapper=None):
     """D2's ``build_detection_train_loader`` over the mixed ``DATASETS.TRAIN`` sets.
 
     Without ``DATASETS.GLIP.TRAIN_RATIOS`` the sets are drawn in proportion to their sizes
     (D2's ``TrainingSampler``); with them, D2's ``RepeatFactorTrainingSampler`` with the
-    factors of :func:`mixing_repeat_factors`.
+    factors of :func:`mixing_repeat_factors`. The default mapper packs the captions of
+    pseudo-labelled caption sets with negatives (``DATASETS.GLIP.PACK_RANDOM_CAPTION_NUMBER``).
     """
     records, sizes = get_grounding_dataset_dicts(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     )
     if mapper is None:
-        mapper = GroundingDatasetMapper(cfg, True)
+        pools = caption_pools(records, cfg.DATASETS.TRAIN)
+        mapper = GroundingDatasetMapper(cfg, True, caption_pools=pools)
     ratios = list(cfg.DATASETS.GLIP.TRAIN_RATIOS)
     if ratios:
         sampler = RepeatFactorTrainingSampler(

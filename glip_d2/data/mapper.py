@@ -21,6 +21,7 @@ from ..text import (
     prompt_fits,
     record_phrases,
 )
+from .caption_packing import CaptionPacker
 from .transforms import GLIPResizeShortestEdge
 
 __all__ = ["GroundingDatasetMapper", "swap_left_right"]
@@ -83,7 +84,8 @@ class GroundingDatasetMapper:
       sampled prompt with negatives (:class:`TrainingPromptSampler`); at test time the fixed
       prompt of all classes in id order, or ``class_names`` when it exceeds the token limit.
     * Grounding records (``caption`` + per-annotation ``tokens_positive``): annotations with the
-      same spans form one phrase.
+      same spans form one phrase. In training, records of pseudo-labelled caption sets get other
+      captions of their set appended as negatives (:class:`CaptionPacker`).
 
     Boxes use the legacy inclusive convention (``glip_d2/structures/legacy_boxes.py``):
     ``x2 = x + w - 1``, clipped to ``[0, W-1]`` at the original size, degenerate ones dropped,
@@ -107,6 +109,7 @@ class GroundingDatasetMapper:
         full_negative_prob=0.5,
         shuffle_prompt=True,
         default_dataset=None,
+        caption_packer=None,
         seed=None,
     ):
         """
@@ -115,6 +118,7 @@ class GroundingDatasetMapper:
             tokenizer: fast tokenizer for token budgets; needed for detection records.
             flip_prob (float): horizontal flip probability in training.
             default_dataset (str | None): metadata name for records without "dataset_name".
+            caption_packer (CaptionPacker | None): packs captions of caption sets (training).
             seed (int | None): seeds a private RNG for prompts and flips (tests); None uses the
                 global ``random`` module, which D2's loader seeds per worker.
         """
@@ -129,13 +133,16 @@ class GroundingDatasetMapper:
         self.full_negative_prob = full_negative_prob
         self.shuffle_prompt = shuffle_prompt
         self.default_dataset = default_dataset
+        self.caption_packer = caption_packer if is_train else None
         self.rng = random.Random(seed) if seed is not None else random
         self._samplers = {}
         self._test_prompts = {}
         self.num_degenerate = 0
 
     @classmethod
-    def from_config(cls, cfg, is_train=True, tokenizer=None):
+    def from_config(cls, cfg, is_train=True, tokenizer=None, caption_pools=None):
+        """``caption_pools`` (dict[str, list[str]] | None): the captions of each caption set of
+        ``DATASETS.TRAIN`` to pack (training, ``PACK_RANDOM_CAPTION_NUMBER`` > 0)."""
         if is_train:
             sizes, max_size = cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN
             style = cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
@@ -146,8 +153,12 @@ class GroundingDatasetMapper:
         if tokenizer is None:
             lang_cfg = cfg.MODEL.LANGUAGE_BACKBONE
             tokenizer = load_tokenizer(lang_cfg.MODEL_NAME, lang_cfg.WEIGHTS_FROM_CHECKPOINT)
+        packer = None
+        if is_train and caption_pools and cfg.DATASETS.GLIP.PACK_RANDOM_CAPTION_NUMBER > 0:
+            packer = CaptionPacker.from_config(cfg, caption_pools, tokenizer)
         return {
             "is_train": is_train,
+            "caption_packer": packer,
             "augmentations": [GLIPResizeShortestEdge(sizes, max_size, style)],
             "image_format": cfg.INPUT.FORMAT,
             "tokenizer": tokenizer,
@@ -265,6 +276,10 @@ class GroundingDatasetMapper:
             # Phrases come from every annotation, as the grounding evaluators read them.
             prompt, box_phrase = self._grounding_prompt(record, annos, self.is_train)
             box_phrase = [box_phrase[i] for i in keep]
+            if self.caption_packer is not None:
+                prompt["caption"], prompt["phrase_spans"] = self.caption_packer(
+                    record.get("dataset_name"), prompt["caption"], prompt["phrase_spans"], self.rng
+                )
         else:
             annos = [annos[i] for i in keep]
             class_ids = [int(a["category_id"]) for a in annos]
