@@ -10,12 +10,18 @@ Splits:
 * ``train`` / ``val``: only the *seen* colour-shape combinations.
 * ``test_heldout``: every image holds at least one object of a *held-out* combination
   (``HELDOUT``), which never occurs in ``train`` or ``val``; its json lists all categories.
+* ``captions`` (only when asked for: ``--num-captions N``): images of *every* combination,
+  held-out ones included, each with one free caption and no box (the kind of data GLIP's
+  self-training labels with a teacher); the true boxes sit in a separate file, to measure
+  pseudo-labels against.
 
 Layout under the root (``$DETECTRON2_DATASETS/glip_synth``)::
 
     images/{split}/{index:06d}.jpg      # JPEG quality 95
     annotations/instances_{split}.json     # COCO
     annotations/grounding_{split}.json     # MDETR format (train, val)
+    annotations/captions.json              # captions split: COCO-captions style, no boxes
+    annotations/captions_truth.json        # captions split: COCO boxes + caption spans
     meta.json                              # generator settings
 
 A complete copy with the same settings (``meta.json``) is reused unless ``--force`` is given.
@@ -26,17 +32,32 @@ import it (``from datasets.prepare_glip_synth import ensure_glip_synth``).
 import argparse
 import json
 import os
+import shutil
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from glip_d2.data.synthetic import ALL_CLASSES, COLORS, DEFAULT_COUNTS, HELDOUT, SEEN_CLASSES
+from glip_d2.data.synthetic import (
+    ALL_CLASSES,
+    CAPTION_SPLIT_SIZE,
+    COLORS,
+    DEFAULT_COUNTS,
+    HELDOUT,
+    SEEN_CLASSES,
+)
 
-__all__ = ["generate_glip_synth", "ensure_glip_synth", "render_scene", "main"]
+__all__ = [
+    "generate_caption_split",
+    "generate_glip_synth",
+    "ensure_glip_synth",
+    "render_scene",
+    "main",
+]
 
 SIZES = {"small": (34, 54), "large": (66, 96)}  # side length ranges in pixels
 VERSION = 1  # of the generator; a copy written by another version is regenerated
-SPLIT_INDEX = {"train": 0, "val": 1, "test_heldout": 2}  # seeds the per-image generators
+SPLIT_INDEX = {"train": 0, "val": 1, "test_heldout": 2, "captions": 3}  # seeds per-image rngs
+BOXED_SPLITS = ("train", "val", "test_heldout")
 
 
 def _polygon(shape, cx, cy, r):
@@ -251,11 +272,80 @@ def generate_split(root, split, num_images, seed=0, height=256, width=256):
     return coco
 
 
-def generate_glip_synth(root, counts=None, seed=0, height=256, width=256):
-    """Write every split under ``root``; ``counts`` maps split -> number of images."""
-    counts = dict(DEFAULT_COUNTS, **(counts or {}))
-    for split in ("train", "val", "test_heldout"):
-        generate_split(root, split, counts[split], seed, height, width)
+# Free captions of the captions split: an opening, the objects it mentions, an ending.
+_OPENINGS = ("", "a picture of ", "an image with ", "there is ", "here we see ", "this shows ")
+_ENDINGS = (".", "", " on a textured background.", " in the picture.")
+
+
+def _free_caption(rng, objects):
+    """One caption mentioning some of the objects (each with probability 0.85, at least one),
+    with or without its size word. Returns (caption, {object index: [start, end)})."""
+    mentioned = [i for i in range(len(objects)) if rng.random() < 0.85]
+    if not mentioned:
+        mentioned = [int(rng.integers(len(objects)))]
+    caption = _OPENINGS[int(rng.integers(len(_OPENINGS)))]
+    spans = {}
+    for k, i in enumerate(mentioned):
+        if k:
+            caption += " and " if k == len(mentioned) - 1 else ", "
+        phrase = objects[i]["name"]
+        if rng.random() < 0.7:
+            phrase = f"{objects[i]['size']} {phrase}"
+        caption += "a "
+        spans[i] = [len(caption), len(caption) + len(phrase)]
+        caption += phrase
+    caption += _ENDINGS[int(rng.integers(len(_ENDINGS)))]
+    return caption, spans
+
+
+def generate_caption_split(root, num_images, seed=0, height=256, width=256):
+    """Render the ``captions`` split: images of all 20 combinations with one free caption each.
+
+    Writes ``annotations/captions.json`` (COCO-captions style: ``images`` with ``id``,
+    ``file_name``, ``height``, ``width``; ``annotations`` with ``id``, ``image_id``,
+    ``caption``; no box) and ``annotations/captions_truth.json`` (COCO detection json of the
+    true boxes of every object, ``mentioned`` saying whether the caption names it and
+    ``tokens_positive`` where; each image entry holds its ``caption``).
+    """
+    split = "captions"
+    image_dir = os.path.join(root, "images", split)
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    categories = [{"id": _class_id(n), "name": n} for n in ALL_CLASSES]
+    captions = {"images": [], "annotations": []}
+    truth = {"images": [], "annotations": [], "categories": categories}
+    for idx in range(num_images):
+        rng = np.random.default_rng([seed, SPLIT_INDEX[split], idx])
+        pixels, objects = render_scene(rng, ALL_CLASSES, (), height, width)
+        caption, spans = _free_caption(rng, objects)
+        file_name = f"{idx:06d}.jpg"
+        Image.fromarray(pixels).save(os.path.join(image_dir, file_name), quality=95)
+        image = {"id": idx + 1, "file_name": file_name, "height": height, "width": width}
+        captions["images"].append(image)
+        captions["annotations"].append({"id": idx + 1, "image_id": idx + 1, "caption": caption})
+        truth["images"].append(dict(image, caption=caption))
+        for i, o in enumerate(objects):
+            x1, y1, x2, y2 = o["box"]
+            truth["annotations"].append(
+                {
+                    "id": len(truth["annotations"]) + 1,
+                    "image_id": idx + 1,
+                    "category_id": _class_id(o["name"]),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                    "mentioned": i in spans,
+                    "tokens_positive": [spans[i]] if i in spans else [],
+                }
+            )
+    ann_dir = os.path.join(root, "annotations")
+    with open(os.path.join(ann_dir, "captions.json"), "w") as f:
+        json.dump(captions, f)
+    with open(os.path.join(ann_dir, "captions_truth.json"), "w") as f:
+        json.dump(truth, f)
+
+
+def _write_meta(root, counts, seed, height, width):
     meta = {
         "version": VERSION,
         "seed": seed,
@@ -270,10 +360,25 @@ def generate_glip_synth(root, counts=None, seed=0, height=256, width=256):
     return meta
 
 
+def generate_glip_synth(root, counts=None, seed=0, height=256, width=256):
+    """Write every split under ``root``; ``counts`` maps split -> number of images (the
+    ``captions`` split only when ``counts["captions"]`` > 0)."""
+    counts = dict(DEFAULT_COUNTS, **(counts or {}))
+    if not counts.get("captions"):
+        counts.pop("captions", None)  # meta.json as before the captions split existed
+    for split in BOXED_SPLITS:
+        generate_split(root, split, counts[split], seed, height, width)
+    if counts.get("captions"):
+        generate_caption_split(root, counts["captions"], seed, height, width)
+    return _write_meta(root, counts, seed, height, width)
+
+
 def ensure_glip_synth(root=None, counts=None, seed=0):
     """Generate glip_synth under ``root`` unless a complete copy with the same settings exists.
 
-    ``root`` defaults to ``$DETECTRON2_DATASETS/glip_synth`` (``datasets/glip_synth``).
+    ``root`` defaults to ``$DETECTRON2_DATASETS/glip_synth`` (``datasets/glip_synth``). The
+    ``captions`` split is made when ``counts`` asks for it; a copy whose boxed splits already
+    match only gets the captions split added (the boxed splits do not depend on it).
     Returns the root path.
     """
     if root is None:
@@ -283,11 +388,23 @@ def ensure_glip_synth(root=None, counts=None, seed=0):
     if os.path.isfile(meta_file):
         with open(meta_file) as f:
             meta = json.load(f)
+        have = meta.get("counts", {})
         if (
             meta.get("version") == VERSION
             and meta.get("seed") == seed
-            and meta.get("counts") == wanted
+            and all(have.get(s) == wanted[s] for s in BOXED_SPLITS)
         ):
+            captions = wanted.get("captions", have.get("captions", 0))
+            if captions == have.get("captions", 0):
+                return root
+            os.remove(meta_file)  # incomplete until the captions split is written
+            shutil.rmtree(os.path.join(root, "images", "captions"), ignore_errors=True)
+            if captions:
+                generate_caption_split(root, captions, seed, *meta["size_hw"])
+            counts = {**{s: wanted[s] for s in BOXED_SPLITS}, "captions": captions}
+            if not captions:
+                counts.pop("captions")
+            _write_meta(root, counts, seed, *meta["size_hw"])
             return root
     os.makedirs(root, exist_ok=True)
     generate_glip_synth(root, wanted, seed)
@@ -302,11 +419,22 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true", help="rewrite a complete copy too")
     for split, n in DEFAULT_COUNTS.items():
         parser.add_argument(f"--num-{split.replace('_', '-')}", type=int, default=n)
+    parser.add_argument(
+        "--num-captions",
+        type=int,
+        default=None,
+        help="images of the caption-only split (default: keep what is there, none at first; "
+        f"{CAPTION_SPLIT_SIZE} for the self-training experiment)",
+    )
     args = parser.parse_args(argv)
     counts = {s: getattr(args, f"num_{s}") for s in DEFAULT_COUNTS}
     for split, n in counts.items():
         if n < 1:
             parser.error(f"--num-{split.replace('_', '-')} must be >= 1, got {n}")
+    if args.num_captions is not None:
+        if args.num_captions < 0:
+            parser.error(f"--num-captions must be >= 0, got {args.num_captions}")
+        counts["captions"] = args.num_captions
     if args.force:
         os.makedirs(args.root, exist_ok=True)
         generate_glip_synth(args.root, counts, args.seed)

@@ -98,3 +98,48 @@ def test_ensure_reuses_existing(tmp_path):
     stamp = os.path.getmtime(os.path.join(root, "meta.json"))
     ensure_glip_synth(root, COUNTS, seed=1)
     assert os.path.getmtime(os.path.join(root, "meta.json")) == stamp
+
+
+def test_caption_split(tmp_path):
+    """The caption-only split: images of every combination, a caption each, no box in
+    captions.json; the true boxes (mentioned or not) in captions_truth.json."""
+    root = str(tmp_path / "glip_synth")
+    generate_glip_synth(root, dict(COUNTS, captions=12), seed=3)
+    captions = _load(root, "captions.json")
+    assert len(captions["images"]) == len(captions["annotations"]) == 12
+    assert len(os.listdir(os.path.join(root, "images", "captions"))) == 12
+    assert set(captions["annotations"][0]) == {"id", "image_id", "caption"}
+    truth = _load(root, "captions_truth.json")
+    names = {c["id"]: c["name"] for c in truth["categories"]}
+    text = {im["id"]: im["caption"] for im in truth["images"]}
+    mentioned = {}
+    for a in truth["annotations"]:
+        if a["mentioned"]:
+            ((s, e),) = a["tokens_positive"]
+            assert text[a["image_id"]][s:e].endswith(names[a["category_id"]])
+            mentioned[a["image_id"]] = True
+        else:
+            assert a["tokens_positive"] == []
+    assert len(mentioned) == 12  # every caption names at least one object
+    assert any(not a["mentioned"] for a in truth["annotations"])  # and some go unnamed
+    # the caption split holds every combination, held-out ones included (seed 3, 12 images)
+    assert {a["category_id"] for a in truth["annotations"]} & HELDOUT_IDS
+
+
+def test_caption_split_leaves_the_boxed_splits_alone(synth, tmp_path):
+    root = str(tmp_path / "glip_synth")
+    generate_glip_synth(root, COUNTS, seed=3)
+    assert _digest(root) == _digest(synth)
+    meta = json.load(open(os.path.join(root, "meta.json")))
+    assert "captions" not in meta["counts"]  # meta.json as before the split existed
+    instances = os.path.join(root, "annotations", "instances_train.json")
+    stamp = os.path.getmtime(instances)
+    ensure_glip_synth(root, dict(COUNTS, captions=3), seed=3)  # adds the split only
+    assert os.path.getmtime(instances) == stamp
+    assert json.load(open(os.path.join(root, "meta.json")))["counts"]["captions"] == 3
+    assert len(_load(root, "captions.json")["images"]) == 3
+    ensure_glip_synth(root, COUNTS, seed=3)  # no captions asked for: the split stays
+    assert len(_load(root, "captions.json")["images"]) == 3
+    with_captions = str(tmp_path / "with_captions")
+    generate_glip_synth(with_captions, dict(COUNTS, captions=3), seed=3)
+    assert _digest(with_captions) == _digest(root)

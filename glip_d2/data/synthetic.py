@@ -13,6 +13,7 @@ __all__ = [
     "ALL_CLASSES",
     "SEEN_CLASSES",
     "DEFAULT_COUNTS",
+    "CAPTION_SPLIT_SIZE",
 ]
 
 COLORS = {
@@ -28,3 +29,5 @@ HELDOUT = (("blue", "star"), ("yellow", "circle"), ("purple", "triangle"))
 ALL_CLASSES = [f"{c} {s}" for c in COLORS for s in SHAPES]  # category id = index + 1
 SEEN_CLASSES = [n for n in ALL_CLASSES if tuple(n.split()) not in HELDOUT]
 DEFAULT_COUNTS = {"train": 600, "val": 120, "test_heldout": 120}  # images per split
+# The caption-only split (no boxes, every combination) of the self-training experiment: 4x train.
+CAPTION_SPLIT_SIZE = 2400
