@@ -1,0 +1,446 @@
+#!/usr/bin/env python
+"""Self-training on glip_synth: a teacher pseudo-labels caption-only images, a student trains
+on them (GLIP's third idea, issue #16).
+
+1. glip_synth with its ``captions`` split (``--num-captions`` images of every colour-shape
+   combination, held-out ones included, one caption each, no box);
+2. the teacher: the main job's model (``output/main_job/model_final.pth`` + ``config.yaml``;
+   ``demo/main_job.py`` trains it when missing) or ``--teacher-config`` / ``--teacher-weights``;
+3. pseudo-labels of the captions split (``python -m glip_d2.pseudo_label``; phrases from the
+   teacher's own token scores, ``--phrase-finder``), and their precision / recall at IoU 0.5
+   against the split's hidden true boxes;
+4. per seed, a *control* trained on ``glip_synth_train`` only and a *student* trained on
+   ``glip_synth_train`` + the pseudo-labelled captions (``DATASETS.GLIP.TRAIN_RATIOS``
+   ``--ratios``, caption packing and screening with the official defaults), both from scratch
+   with the same recipe and schedule (``--config-file``, the main job's by default);
+5. box AP / AP50 of teacher, controls and students on ``glip_synth_val``, on
+   ``glip_synth_test_heldout`` and on its 3 held-out combinations alone (pycocotools restricted
+   to their category ids); ``OUTPUT/results.json`` and a table.
+
+Every step keeps its output under ``--output-dir`` and is skipped when already done (trainings
+continue from their last checkpoint), so an interrupted run continues where it stopped.
+``--quick`` checks the whole path in minutes: a few iterations, 16 captions, 4 evaluation
+images per split, a low CAPTION_CONF (the barely trained teacher scores below 0.5). Extra
+``KEY VALUE`` pairs override the control's and the student's config.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from detectron2.data import MetadataCatalog
+from detectron2.utils.logger import setup_logger
+
+import glip_d2  # noqa: F401  (registers the model and the datasets)
+from glip_d2.data.datasets import register_grounding_coco
+from glip_d2.data.synthetic import ALL_CLASSES, CAPTION_SPLIT_SIZE, HELDOUT
+
+REPO = Path(__file__).resolve().parents[1]
+
+CONFIG = REPO / "configs" / "synthetic" / "glip_small_synth.yaml"
+MAIN_JOB = REPO / "output" / "main_job"
+EVAL_SETS = ("glip_synth_val", "glip_synth_test_heldout")
+HELDOUT_IDS = [ALL_CLASSES.index(f"{c} {s}") + 1 for c, s in HELDOUT]
+PSEUDO_SET = "glip_synth_captions_pseudo"
+QUICK_SCHEDULE = (
+    "SOLVER.MAX_ITER 6 SOLVER.STEPS (4,) SOLVER.WARMUP_ITERS 2 SOLVER.CHECKPOINT_PERIOD 1000 "
+    "SOLVER.IMS_PER_BATCH 2"
+).split()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--teacher-config", default=None, help="default: the main job's config.yaml")
+    p.add_argument("--teacher-weights", default=None, help="default: the main job's model")
+    p.add_argument("--config-file", default=str(CONFIG), help="control and student recipe")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--num-captions", type=int, default=CAPTION_SPLIT_SIZE)
+    p.add_argument(
+        "--ratios",
+        type=float,
+        nargs=2,
+        default=[1.0, 1.0],
+        help="sampling weights of glip_synth_train and the pseudo-labelled set",
+    )
+    p.add_argument("--phrase-finder", default="model", choices=("auto", "spacy", "model"))
+    p.add_argument("--label-processes", type=int, default=1, help="pseudo-labelling processes")
+    p.add_argument("--output-dir", default=None, help="default: output/self_training[_quick]")
+    p.add_argument("--quick", action="store_true", help="tiny end-to-end check")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.num_captions = min(args.num_captions, 16)
+    if args.output_dir is None:
+        args.output_dir = str(
+            REPO / "output" / ("self_training_quick" if args.quick else "self_training")
+        )
+    return args
+
+
+def run(cmd, log):
+    """Run ``python CMD`` with its output appended to ``log``; fail naming the log."""
+    cmd = [sys.executable, *map(str, cmd)]
+    print("$", " ".join(cmd[1:]), f">> {log}", flush=True)
+    with open(log, "a") as out:
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd[1:3])} failed ({done.returncode}); see {log}")
+
+
+def train(run_dir, config_file, opts):
+    """train_net.py into ``run_dir`` (skipped when finished, resumed when interrupted)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "model_final.pth").is_file():
+        return run_dir / "model_final.pth"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = ["--resume"] if (run_dir / "last_checkpoint").is_file() else []
+    run(
+        [
+            "train_net.py",
+            "--config-file",
+            config_file,
+            *resume,
+            "OUTPUT_DIR",
+            run_dir,
+            "DATASETS.TEST",
+            "()",
+            "MODEL.WEIGHTS",
+            "",
+            *opts,
+        ],
+        run_dir / "train.log",
+    )
+    return run_dir / "model_final.pth"
+
+
+def eval_sets(quick, data_dir):
+    """The evaluation sets: the registered splits, or (``--quick``) their first 4 images."""
+    if not quick:
+        return list(EVAL_SETS)
+    names = []
+    for name in EVAL_SETS:
+        meta = MetadataCatalog.get(name)
+        coco = json.load(open(meta.json_file))
+        coco["images"] = coco["images"][:4]
+        ids = {im["id"] for im in coco["images"]}
+        coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
+        subset, path = f"{name}_first4", Path(data_dir) / f"{name}_first4.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(coco))
+        if subset not in MetadataCatalog.list():
+            register_grounding_coco(
+                subset,
+                str(path),
+                meta.image_root,
+                metadata={
+                    "thing_classes": meta.thing_classes,
+                    "thing_dataset_id_to_contiguous_id": meta.thing_dataset_id_to_contiguous_id,
+                },
+            )
+        names.append(subset)
+    return names
+
+
+def box_ap(gt_json, results_json, cat_ids=None):
+    """pycocotools box AP / AP50 (percent) of saved detections, over ``cat_ids`` or all."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(gt_json)
+    results = json.load(open(results_json))
+    if cat_ids is not None:
+        results = [r for r in results if r["category_id"] in cat_ids]
+    if not results:
+        return {"AP": 0.0, "AP50": 0.0}
+    evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
+    if cat_ids is not None:
+        evaluator.params.catIds = list(cat_ids)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return {"AP": round(100 * evaluator.stats[0], 2), "AP50": round(100 * evaluator.stats[1], 2)}
+
+
+def evaluate(config_file, weights, out_dir, test_sets):
+    """Box AP of a model on the evaluation sets, and on the held-out combinations alone."""
+    from detectron2.config import get_cfg
+
+    from glip_d2 import add_glip_config
+    from glip_d2.engine import evaluate_checkpoint
+
+    done = Path(out_dir) / "metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    cfg = add_glip_config(get_cfg())
+    cfg.merge_from_file(str(config_file))
+    cfg.merge_from_list(["MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(out_dir)])
+    cfg.DATASETS.TEST = tuple(test_sets)
+    cfg.freeze()
+    evaluate_checkpoint(cfg)
+    metrics = {}
+    for key, name in zip(("val", "test_heldout"), test_sets, strict=True):
+        gt = MetadataCatalog.get(name).json_file
+        res = Path(out_dir) / "inference" / name / "coco_instances_results.json"
+        metrics[key] = box_ap(gt, str(res))
+        if key == "test_heldout":
+            metrics["heldout_combinations"] = box_ap(gt, str(res), HELDOUT_IDS)
+    done.write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _iou(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def phrase_class(phrase):
+    """The category id a pseudo-label phrase names: the one class name in it, else None."""
+    found = [i + 1 for i, n in enumerate(ALL_CLASSES) if re.search(rf"\b{n}\b", phrase.lower())]
+    return found[0] if len(found) == 1 else None
+
+
+def pseudo_label_quality(pseudo_json, truth_json, conf):
+    """Precision / recall at IoU 0.5 of the pseudo boxes kept by the rule (score > conf)
+    against the hidden true boxes: class-aware (the phrase must name the object's class) and
+    class-agnostic; recall over all objects and over those the caption mentions."""
+    truth = json.load(open(truth_json))
+    by_file = {im["file_name"]: im["id"] for im in truth["images"]}
+    objects = {}
+    for a in truth["annotations"]:
+        x, y, w, h = a["bbox"]
+        objects.setdefault(a["image_id"], []).append(
+            (a["category_id"], [x, y, x + w, y + h], a["mentioned"])
+        )
+    counts = {
+        k: 0 for k in ("boxes", "tp", "tp_agnostic", "tp_mentioned", "boxes_heldout", "tp_heldout")
+    }
+    for entry in json.load(open(pseudo_json)):
+        boxes = [
+            (s, b, phrase_class(e["phrase"]))
+            for e in entry["entities"]
+            for b, s in zip(e["boxes"], e["scores"], strict=True)
+            if s > conf
+        ]
+        gts = objects.get(by_file[entry["file_name"]], [])
+        for agnostic in (False, True):
+            used = set()
+            for _, box, cls in sorted(boxes, key=lambda t: -t[0]):
+                cands = [
+                    (_iou(box, g[1]), j)
+                    for j, g in enumerate(gts)
+                    if j not in used and (agnostic or g[0] == cls)
+                ]
+                best = max(cands, default=(0.0, None))
+                if best[0] >= 0.5:
+                    used.add(best[1])
+                    if agnostic:
+                        counts["tp_agnostic"] += 1
+                    else:
+                        counts["tp"] += 1
+                        counts["tp_mentioned"] += gts[best[1]][2]
+                        counts["tp_heldout"] += cls in HELDOUT_IDS
+        counts["boxes"] += len(boxes)
+        counts["boxes_heldout"] += sum(c in HELDOUT_IDS for _, _, c in boxes)
+    all_objects = [g for gs in objects.values() for g in gs]
+    n, n_mentioned = len(all_objects), sum(g[2] for g in all_objects)
+    n_heldout = sum(g[0] in HELDOUT_IDS and g[2] for g in all_objects)
+
+    def ratio(a, b):
+        return round(100.0 * a / b, 2) if b else 0.0
+
+    return {
+        "pseudo_boxes": counts["boxes"],
+        "objects": n,
+        "mentioned_objects": n_mentioned,
+        "precision": ratio(counts["tp"], counts["boxes"]),
+        "recall_mentioned": ratio(counts["tp_mentioned"], n_mentioned),
+        "recall_all": ratio(counts["tp"], n),
+        "precision_class_agnostic": ratio(counts["tp_agnostic"], counts["boxes"]),
+        "recall_class_agnostic": ratio(counts["tp_agnostic"], n),
+        "heldout_precision": ratio(counts["tp_heldout"], counts["boxes_heldout"]),
+        "heldout_recall_mentioned": ratio(counts["tp_heldout"], n_heldout),
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds, t0 = {}, time.perf_counter()
+    setup_logger()
+    val_images = MetadataCatalog.get("glip_synth_val").image_root
+    synth_root = os.path.abspath(os.path.dirname(os.path.dirname(val_images)))
+    run(
+        [
+            "datasets/prepare_glip_synth.py",
+            "--root",
+            synth_root,
+            "--num-captions",
+            args.num_captions,
+        ],
+        out / "dataset.log",
+    )
+    seconds["dataset"] = time.perf_counter() - t0
+    quick_opts = QUICK_SCHEDULE if args.quick else []
+    conf_opts = ["DATASETS.GLIP.CAPTION_CONF", "0.05"] if args.quick else []
+
+    # ---- teacher
+    t = time.perf_counter()
+    default_dir = out / "teacher" if args.quick else MAIN_JOB
+    teacher_config = Path(args.teacher_config or default_dir / "config.yaml")
+    teacher_weights = Path(args.teacher_weights or default_dir / "model_final.pth")
+    if not teacher_weights.is_file():
+        if args.teacher_weights:
+            raise FileNotFoundError(f"--teacher-weights {teacher_weights} does not exist")
+        if args.quick:
+            train(default_dir, args.config_file, quick_opts)
+        else:
+            run(["demo/main_job.py", "--output-dir", default_dir], out / "main_job.log")
+    seconds["teacher"] = time.perf_counter() - t
+    test_sets = eval_sets(args.quick, out / "data")
+    results = {"teacher": {"config": str(teacher_config), "weights": str(teacher_weights)}}
+    results["teacher"]["metrics"] = evaluate(
+        teacher_config, teacher_weights, out / "eval_teacher", test_sets
+    )
+
+    # ---- pseudo-labels
+    t = time.perf_counter()
+    pseudo = out / "pseudo_labels.json"
+    captions = os.path.join(synth_root, "annotations", "captions.json")
+    image_root = os.path.join(synth_root, "images", "captions")
+    if not pseudo.is_file():
+        run(
+            [
+                "-m",
+                "glip_d2.pseudo_label",
+                "--config-file",
+                teacher_config,
+                "--weights",
+                teacher_weights,
+                "--captions",
+                captions,
+                "--image-root",
+                image_root,
+                "--output",
+                pseudo,
+                "--phrase-finder",
+                args.phrase_finder,
+                "--num-gpus",
+                args.label_processes,
+                *conf_opts,
+            ],
+            out / "pseudo_label.log",
+        )
+    seconds["pseudo_labels"] = time.perf_counter() - t
+    conf = 0.05 if args.quick else 0.5
+    results["pseudo_labels"] = pseudo_label_quality(
+        pseudo, os.path.join(synth_root, "annotations", "captions_truth.json"), conf
+    )
+    if not results["pseudo_labels"]["pseudo_boxes"]:
+        raise RuntimeError(f"{pseudo}: no caption image kept a box above CAPTION_CONF {conf}")
+
+    # ---- control and student per seed
+    student_opts = [
+        "DATASETS.TRAIN",
+        f"('glip_synth_train', '{PSEUDO_SET}')",
+        "DATASETS.GLIP.PSEUDO_LABEL_SETS",
+        str([[PSEUDO_SET, str(pseudo), image_root]]),
+        "DATASETS.GLIP.TRAIN_RATIOS",
+        str(list(args.ratios)),
+        *conf_opts,
+    ]
+    for seed in args.seeds:
+        for kind, extra in (
+            ("control", ["DATASETS.TRAIN", "('glip_synth_train',)"]),
+            ("student", student_opts),
+        ):
+            t = time.perf_counter()
+            run_dir = out / f"{kind}_seed{seed}"
+            weights = train(
+                run_dir, args.config_file, [*quick_opts, "SEED", str(seed), *extra, *args.opts]
+            )
+            metrics = evaluate(run_dir / "config.yaml", weights, run_dir / "eval", test_sets)
+            results[f"{kind}_seed{seed}"] = {"seed": seed, "metrics": metrics}
+            seconds[f"{kind}_seed{seed}"] = time.perf_counter() - t
+
+    results["summary"] = summarize(results, args.seeds)
+    results["settings"] = {
+        "seeds": args.seeds,
+        "num_captions": args.num_captions,
+        "ratios": args.ratios,
+        "phrase_finder": args.phrase_finder,
+        "quick": args.quick,
+        "opts": args.opts,
+        "config": args.config_file,
+        "eval_sets": test_sets,
+    }
+    results["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print_table(results)
+    print(f"results: {out / 'results.json'}")
+    return results
+
+
+COLUMNS = (
+    ("val", "AP"),
+    ("val", "AP50"),
+    ("test_heldout", "AP"),
+    ("test_heldout", "AP50"),
+    ("heldout_combinations", "AP"),
+    ("heldout_combinations", "AP50"),
+)
+
+
+def summarize(results, seeds):
+    """Mean and sample standard deviation over seeds of every column (control, student)."""
+    summary = {}
+    for kind in ("control", "student"):
+        runs = [results[f"{kind}_seed{s}"]["metrics"] for s in seeds]
+        summary[kind] = {
+            f"{split}/{metric}": [
+                round(float(np.mean(v)), 2),
+                round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else 0.0,
+            ]
+            for split, metric in COLUMNS
+            for v in [[r[split][metric] for r in runs]]
+        }
+    return summary
+
+
+def print_table(results):
+    print("\n==== self-training on glip_synth ====")
+    print(f"{'model':<16}" + "".join(f"{s[:12] + ' ' + m:>18}" for s, m in COLUMNS))
+    rows = [("teacher", results["teacher"]["metrics"])]
+    rows += [
+        (k, v["metrics"]) for k, v in results.items() if k.startswith(("control_", "student_"))
+    ]
+    for name, m in rows:
+        print(f"{name:<16}" + "".join(f"{m[s][k]:>18.1f}" for s, k in COLUMNS))
+    for kind, cols in results["summary"].items():
+        print(
+            f"{kind + ' mean':<16}"
+            + "".join(
+                f"{cols[f'{s}/{k}'][0]:>12.1f} ±{cols[f'{s}/{k}'][1]:>4.1f}" for s, k in COLUMNS
+            )
+        )
+    q = results["pseudo_labels"]
+    print(
+        f"pseudo-labels: {q['pseudo_boxes']} boxes for {q['objects']} objects "
+        f"({q['mentioned_objects']} mentioned): precision {q['precision']:.1f}, recall "
+        f"{q['recall_mentioned']:.1f} of mentioned / {q['recall_all']:.1f} of all objects "
+        f"(IoU 0.5, class-aware; class-agnostic {q['precision_class_agnostic']:.1f} / "
+        f"{q['recall_class_agnostic']:.1f}); held-out combinations: precision "
+        f"{q['heldout_precision']:.1f}, recall {q['heldout_recall_mentioned']:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
