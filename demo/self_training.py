@@ -9,9 +9,10 @@ on them (GLIP's third idea, issue #16).
 3. pseudo-labels of the captions split (``python -m glip_d2.pseudo_label``; phrases from the
    teacher's own token scores, ``--phrase-finder``), and their precision / recall at IoU 0.5
    against the split's hidden true boxes;
-4. per seed, a *control* trained on ``glip_synth_train`` only and a *student* trained on
-   ``glip_synth_train`` + the pseudo-labelled captions (``DATASETS.GLIP.TRAIN_RATIOS``
-   ``--ratios``, caption packing and screening with the official defaults), both from scratch
+4. per seed, a *control* trained on the recipe's ``DATASETS.TRAIN`` (``glip_synth_train``)
+   and a *student* trained on the same sets + the pseudo-labelled captions (a share
+   ``--pseudo-share`` of the draws, ``DATASETS.GLIP.TRAIN_RATIOS``; caption packing and
+   screening with the official defaults), both from scratch
    with the same recipe and schedule (``--config-file``, the main job's by default);
 5. box AP / AP50 of teacher, controls and students on ``glip_synth_val``, on
    ``glip_synth_test_heldout`` and on its 3 held-out combinations alone (pycocotools restricted
@@ -62,18 +63,25 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--num-captions", type=int, default=CAPTION_SPLIT_SIZE)
     p.add_argument(
-        "--ratios",
+        "--pseudo-share",
         type=float,
-        nargs=2,
-        default=[1.0, 1.0],
-        help="sampling weights of glip_synth_train and the pseudo-labelled set",
+        default=0.5,
+        help="share of the student's draws from the pseudo-labelled captions (default 0.5)",
     )
-    p.add_argument("--phrase-finder", default="model", choices=("auto", "spacy", "model"))
+    p.add_argument(
+        "--phrase-finder",
+        default="model",
+        choices=("model", "spacy", "auto", "truth"),
+        help="phrases of the captions: found by the teacher (default), spaCy, either, or the "
+        "true phrase spans of the hidden truth (an upper bound for phrase finding)",
+    )
     p.add_argument("--label-processes", type=int, default=1, help="pseudo-labelling processes")
     p.add_argument("--output-dir", default=None, help="default: output/self_training[_quick]")
     p.add_argument("--quick", action="store_true", help="tiny end-to-end check")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args(argv)
+    if not 0 < args.pseudo_share < 1:
+        p.error(f"--pseudo-share must lie in (0, 1), got {args.pseudo_share}")
     if args.quick:
         args.num_captions = min(args.num_captions, 16)
     if args.output_dir is None:
@@ -192,6 +200,45 @@ def evaluate(config_file, weights, out_dir, test_sets):
             metrics["heldout_combinations"] = box_ap(gt, str(res), HELDOUT_IDS)
     done.write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def captions_with_true_phrases(truth_json):
+    """The captions split as CAPTIONS.json pairs carrying the spans that name each mentioned
+    object (one phrase per object), from the hidden truth."""
+    truth = json.load(open(truth_json))
+    spans = {}
+    for a in truth["annotations"]:
+        if a["mentioned"]:
+            spans.setdefault(a["image_id"], []).append(a["tokens_positive"])
+    return [
+        {
+            "file_name": im["file_name"],
+            "caption": im["caption"],
+            "image_id": im["id"],
+            "phrase_spans": sorted(spans[im["id"]]),
+        }
+        for im in truth["images"]
+    ]
+
+
+def recipe_mixture(config_file, opts, pseudo_share):
+    """The recipe's training sets and the student's sampling weights: the recipe's own
+    weights (``TRAIN_RATIOS``, else the set sizes) for its sets, and ``pseudo_share`` of the
+    total for the pseudo-labelled captions."""
+    from detectron2.config import get_cfg
+
+    from glip_d2 import add_glip_config
+    from glip_d2.data.build import get_grounding_dataset_dicts
+
+    cfg = add_glip_config(get_cfg())
+    cfg.merge_from_file(str(config_file))
+    cfg.merge_from_list(list(opts))
+    boxed = list(cfg.DATASETS.TRAIN)
+    weights = list(cfg.DATASETS.GLIP.TRAIN_RATIOS)
+    if not weights:
+        weights = get_grounding_dataset_dicts(boxed, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)[1]
+    weights = [float(w) / sum(weights) for w in weights]
+    return boxed, [round(w * (1 - pseudo_share), 6) for w in weights] + [pseudo_share]
 
 
 def _iou(a, b):
@@ -313,57 +360,57 @@ def main(argv=None):
 
     # ---- pseudo-labels
     t = time.perf_counter()
-    pseudo = out / "pseudo_labels.json"
+    finder = args.phrase_finder
+    pseudo = out / f"pseudo_labels_{finder}.json"
+    truth_json = os.path.join(synth_root, "annotations", "captions_truth.json")
     captions = os.path.join(synth_root, "annotations", "captions.json")
+    if finder == "truth":  # the captions with the true phrase spans: phrases given, not found
+        captions = out / "captions_with_true_phrases.json"
+        captions.write_text(json.dumps(captions_with_true_phrases(truth_json)))
     image_root = os.path.join(synth_root, "images", "captions")
     if not pseudo.is_file():
-        run(
-            [
-                "-m",
-                "glip_d2.pseudo_label",
-                "--config-file",
-                teacher_config,
-                "--weights",
-                teacher_weights,
-                "--captions",
-                captions,
-                "--image-root",
-                image_root,
-                "--output",
-                pseudo,
-                "--phrase-finder",
-                args.phrase_finder,
-                "--num-gpus",
-                args.label_processes,
-                *conf_opts,
-            ],
-            out / "pseudo_label.log",
-        )
+        cmd = [
+            "-m",
+            "glip_d2.pseudo_label",
+            "--config-file",
+            teacher_config,
+            "--weights",
+            teacher_weights,
+            "--captions",
+            captions,
+            "--image-root",
+            image_root,
+            "--output",
+            pseudo,
+            "--num-gpus",
+            args.label_processes,
+        ]
+        if finder != "truth":
+            cmd += ["--phrase-finder", finder]
+        run([*cmd, *conf_opts], out / f"pseudo_label_{finder}.log")
     seconds["pseudo_labels"] = time.perf_counter() - t
     conf = 0.05 if args.quick else 0.5
-    results["pseudo_labels"] = pseudo_label_quality(
-        pseudo, os.path.join(synth_root, "annotations", "captions_truth.json"), conf
-    )
+    results["pseudo_labels"] = pseudo_label_quality(pseudo, truth_json, conf)
     if not results["pseudo_labels"]["pseudo_boxes"]:
         raise RuntimeError(f"{pseudo}: no caption image kept a box above CAPTION_CONF {conf}")
 
     # ---- control and student per seed
+    boxed, ratios = recipe_mixture(args.config_file, args.opts, args.pseudo_share)
     student_opts = [
         "DATASETS.TRAIN",
-        f"('glip_synth_train', '{PSEUDO_SET}')",
+        str((*boxed, PSEUDO_SET)),
         "DATASETS.GLIP.PSEUDO_LABEL_SETS",
         str([[PSEUDO_SET, str(pseudo), image_root]]),
         "DATASETS.GLIP.TRAIN_RATIOS",
-        str(list(args.ratios)),
+        str(ratios),
         *conf_opts,
     ]
     for seed in args.seeds:
-        for kind, extra in (
-            ("control", ["DATASETS.TRAIN", "('glip_synth_train',)"]),
-            ("student", student_opts),
-        ):
+        for kind, extra in (("control", []), ("student", student_opts)):
             t = time.perf_counter()
-            run_dir = out / f"{kind}_seed{seed}"
+            # students of other phrase sources live apart; the control does not depend on it
+            name = f"student_{finder}" if kind == "student" and finder != "model" else kind
+            run_dir = out / f"{name}_seed{seed}"
             weights = train(
                 run_dir, args.config_file, [*quick_opts, "SEED", str(seed), *extra, *args.opts]
             )
@@ -375,7 +422,8 @@ def main(argv=None):
     results["settings"] = {
         "seeds": args.seeds,
         "num_captions": args.num_captions,
-        "ratios": args.ratios,
+        "train_sets": [*boxed, PSEUDO_SET],
+        "train_ratios": ratios,
         "phrase_finder": args.phrase_finder,
         "quick": args.quick,
         "opts": args.opts,

@@ -16,7 +16,9 @@ reads (``DATASETS.GLIP.PSEUDO_LABEL_SETS``).
 **CAPTIONS.json** is either a list of ``{"file_name", "caption"}`` (optional ``image_id``,
 ``height``, ``width``) or COCO-captions style ``{"images": [{"id", "file_name", ...}],
 "annotations": [{"image_id", "caption"}]}`` (one pair per annotation), e.g. glip_synth's
-``annotations/captions.json``. ``file_name`` is relative to ``--image-root``.
+``annotations/captions.json``. ``file_name`` is relative to ``--image-root``. A pair may carry
+its phrases, ``"phrase_spans": [[[start, end], ...], ...]`` (per phrase its char spans); they
+are grounded as given instead of being found.
 
 **Output**: one record per pair, in input order: ``{"file_name", "image_id", "caption",
 "height", "width", "entities": [{"phrase", "tokens_positive": [[start, end], ...], "boxes":
@@ -49,6 +51,7 @@ from detectron2.utils import comm
 from .config import add_glip_config
 from .data.datasets import screen_teacher_boxes
 from .predictor import PHRASE_FINDERS, GLIPPredictor, read_image
+from .text import check_phrase_spans
 
 __all__ = [
     "entry_from_prediction",
@@ -65,7 +68,7 @@ def load_caption_pairs(path):
 
     Returns:
         list[dict]: ``file_name``, ``caption``, ``image_id`` and, when given, ``height``,
-        ``width``.
+        ``width``, ``phrase_spans``.
     """
     with open(path) as f:
         data = json.load(f)
@@ -88,10 +91,10 @@ def load_caption_pairs(path):
         for key in ("file_name", "caption"):
             if not isinstance(pair.get(key), str) or not pair[key].strip():
                 raise ValueError(f"{path}: pair {k} has no {key!r}: {pair}")
-    return [
-        {key: p[key] for key in ("file_name", "caption", "image_id", "height", "width") if key in p}
-        for p in pairs
-    ]
+        if "phrase_spans" in pair:
+            check_phrase_spans(pair["caption"], pair["phrase_spans"], f"{path}: pair {k}")
+    keys = ("file_name", "caption", "image_id", "height", "width", "phrase_spans")
+    return [{key: p[key] for key in keys if key in p} for p in pairs]
 
 
 def entry_from_prediction(pair, prediction, height, width, conf=0.5, nms=-1.0, min_boxes=1):
@@ -204,7 +207,12 @@ def label_shard(
                 images.append(read_image(path, format=predictor.input_format))
             except (OSError, ValueError) as e:
                 raise ValueError(f"cannot read image {path!r} of caption pair {i}: {e}") from e
-        captions = [pairs[i]["caption"] for i in batch]
+        captions = [
+            {"caption": pairs[i]["caption"], "phrase_spans": pairs[i]["phrase_spans"]}
+            if "phrase_spans" in pairs[i]
+            else pairs[i]["caption"]
+            for i in batch
+        ]
         try:
             predictions = predictor.predict_batch(images, captions)
         except ValueError:  # e.g. spaCy finds no noun phrase in one caption: find which

@@ -71,6 +71,12 @@ def test_caption_pair_formats(tmp_path):
         load_caption_pairs(_write(tmp_path / "c2.json", coco))
     with pytest.raises(ValueError, match=r"bad.json: pair 1 has no 'caption'"):
         load_caption_pairs(_write(tmp_path / "bad.json", [listed[0], {"file_name": "b.jpg"}]))
+    # pairs with their phrases: grounded as given; a span outside the caption is named
+    given = [dict(listed[0], phrase_spans=[[[2, 5]]])]
+    assert load_caption_pairs(_write(tmp_path / "g.json", given))[0]["phrase_spans"] == [[[2, 5]]]
+    given[0]["phrase_spans"] = [[[2, 9]]]
+    with pytest.raises(ValueError, match=r"g2.json: pair 0: phrase_spans\[0\]"):
+        load_caption_pairs(_write(tmp_path / "g2.json", given))
 
 
 def _prediction(caption="a red circle and a blue star"):

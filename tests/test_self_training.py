@@ -175,3 +175,18 @@ def test_pseudo_label_precision_and_recall(tmp_path):
     assert q["heldout_precision"] == 50.0 and q["heldout_recall_mentioned"] == 100.0
     q = exp.pseudo_label_quality(str(tmp_path / "p.json"), str(tmp_path / "t.json"), conf=0.3)
     assert q["precision"] == 50.0 and q["recall_mentioned"] == 100.0  # the 0.4 red circle too
+
+
+def test_true_phrases_for_the_oracle_run(synth, tmp_path):
+    from glip_d2.pseudo_label import load_caption_pairs
+
+    pairs = _experiment().captions_with_true_phrases(
+        str(synth / "annotations" / "captions_truth.json")
+    )
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(pairs))
+    loaded = load_caption_pairs(str(path))
+    assert len(loaded) == 3 and loaded == pairs
+    for pair in loaded:
+        for ((s, e),) in pair["phrase_spans"]:
+            assert any(pair["caption"][s:e].endswith(c) for c in ALL_CLASSES)
