@@ -21,8 +21,8 @@ on them (GLIP's third idea, issue #16).
 Every step keeps its output under ``--output-dir`` and is skipped when already done (trainings
 continue from their last checkpoint), so an interrupted run continues where it stopped.
 ``--quick`` checks the whole path in minutes: a few iterations, 16 captions, 4 evaluation
-images per split, a low CAPTION_CONF (the barely trained teacher scores below 0.5). Extra
-``KEY VALUE`` pairs override the control's and the student's config.
+images per split, a low CAPTION_CONF and text threshold (the barely trained teacher scores
+everything low). Extra ``KEY VALUE`` pairs override the control's and the student's config.
 """
 
 import argparse
@@ -35,10 +35,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
 import glip_d2  # noqa: F401  (registers the model and the datasets)
+from glip_d2 import add_glip_config
 from glip_d2.data.datasets import register_grounding_coco
 from glip_d2.data.synthetic import ALL_CLASSES, CAPTION_SPLIT_SIZE, HELDOUT
 
@@ -49,6 +51,7 @@ MAIN_JOB = REPO / "output" / "main_job"
 EVAL_SETS = ("glip_synth_val", "glip_synth_test_heldout")
 HELDOUT_IDS = [ALL_CLASSES.index(f"{c} {s}") + 1 for c, s in HELDOUT]
 PSEUDO_SET = "glip_synth_captions_pseudo"
+DEFAULTS = add_glip_config(get_cfg())
 QUICK_SCHEDULE = (
     "SOLVER.MAX_ITER 6 SOLVER.STEPS (4,) SOLVER.WARMUP_ITERS 2 SOLVER.CHECKPOINT_PERIOD 1000 "
     "SOLVER.IMS_PER_BATCH 2"
@@ -75,6 +78,13 @@ def parse_args(argv=None):
         help="phrases of the captions: found by the teacher (default), spaCy, either, or the "
         "true phrase spans of the hidden truth (an upper bound for phrase finding)",
     )
+    p.add_argument(
+        "--text-threshold",
+        type=float,
+        default=None,
+        help="TEST.GLIP.TEXT_THRESHOLD of the teacher's phrases (default: glip_d2's default, "
+        "also when the teacher's saved config.yaml holds an older one)",
+    )
     p.add_argument("--label-processes", type=int, default=1, help="pseudo-labelling processes")
     p.add_argument("--output-dir", default=None, help="default: output/self_training[_quick]")
     p.add_argument("--quick", action="store_true", help="tiny end-to-end check")
@@ -84,6 +94,10 @@ def parse_args(argv=None):
         p.error(f"--pseudo-share must lie in (0, 1), got {args.pseudo_share}")
     if args.quick:
         args.num_captions = min(args.num_captions, 16)
+        if args.text_threshold is None:  # a few iterations leave every token scored low
+            args.text_threshold = 0.2
+    if args.text_threshold is None:
+        args.text_threshold = DEFAULTS.TEST.GLIP.TEXT_THRESHOLD
     if args.output_dir is None:
         args.output_dir = str(
             REPO / "output" / ("self_training_quick" if args.quick else "self_training")
@@ -177,9 +191,6 @@ def box_ap(gt_json, results_json, cat_ids=None):
 
 def evaluate(config_file, weights, out_dir, test_sets):
     """Box AP of a model on the evaluation sets, and on the held-out combinations alone."""
-    from detectron2.config import get_cfg
-
-    from glip_d2 import add_glip_config
     from glip_d2.engine import evaluate_checkpoint
 
     done = Path(out_dir) / "metrics.json"
@@ -225,9 +236,6 @@ def recipe_mixture(config_file, opts, pseudo_share):
     """The recipe's training sets and the student's sampling weights: the recipe's own
     weights (``TRAIN_RATIOS``, else the set sizes) for its sets, and ``pseudo_share`` of the
     total for the pseudo-labelled captions."""
-    from detectron2.config import get_cfg
-
-    from glip_d2 import add_glip_config
     from glip_d2.data.build import get_grounding_dataset_dicts
 
     cfg = add_glip_config(get_cfg())
@@ -387,6 +395,7 @@ def main(argv=None):
         ]
         if finder != "truth":
             cmd += ["--phrase-finder", finder]
+        cmd += ["--text-threshold", args.text_threshold]
         run([*cmd, *conf_opts], out / f"pseudo_label_{finder}.log")
     seconds["pseudo_labels"] = time.perf_counter() - t
     conf = 0.05 if args.quick else 0.5
@@ -425,6 +434,7 @@ def main(argv=None):
         "train_sets": [*boxed, PSEUDO_SET],
         "train_ratios": ratios,
         "phrase_finder": args.phrase_finder,
+        "text_threshold": args.text_threshold,
         "quick": args.quick,
         "opts": args.opts,
         "config": args.config_file,

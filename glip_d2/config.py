@@ -151,6 +151,8 @@ def add_glip_config(cfg):
     # scores, glip_d2/modeling/phrase_grounding.py) or "auto" (spaCy when installed).
     _C.TEST.GLIP.PHRASE_FINDER = "auto"
     # A token belongs to a phrase when its score (max over locations of sqrt(p x centerness))
-    # exceeds this (Grounding DINO's text threshold).
-    _C.TEST.GLIP.TEXT_THRESHOLD = 0.25
+    # exceeds this: Grounding DINO's 0.25 on the probability alone, on GLIP's sqrt(p x ctr)
+    # scale (sqrt(0.25 x ctr) = 0.35-0.42 for ctr 0.5-0.7); measurements in
+    # glip_d2/modeling/phrase_grounding.py.
+    _C.TEST.GLIP.TEXT_THRESHOLD = 0.4
     return cfg
