@@ -28,7 +28,6 @@ everything low). Extra ``KEY VALUE`` pairs override the control's and the studen
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ import glip_d2  # noqa: F401  (registers the model and the datasets)
 from glip_d2 import add_glip_config
 from glip_d2.data.datasets import register_grounding_coco
 from glip_d2.data.synthetic import ALL_CLASSES, CAPTION_SPLIT_SIZE, HELDOUT
+from glip_d2.evaluation.pseudo_labels import pseudo_label_quality
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,6 +115,11 @@ def run(cmd, log):
         raise RuntimeError(f"{' '.join(cmd[1:3])} failed ({done.returncode}); see {log}")
 
 
+def as_opts(pairs):
+    """{"KEY": value} -> ["KEY", "value", ...] for Detectron2's command-line overrides."""
+    return [str(x) for pair in pairs.items() for x in pair]
+
+
 def train(run_dir, config_file, opts):
     """train_net.py into ``run_dir`` (skipped when finished, resumed when interrupted)."""
     run_dir = Path(run_dir)
@@ -122,20 +127,9 @@ def train(run_dir, config_file, opts):
         return run_dir / "model_final.pth"
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = ["--resume"] if (run_dir / "last_checkpoint").is_file() else []
+    fixed = as_opts({"OUTPUT_DIR": run_dir, "DATASETS.TEST": "()", "MODEL.WEIGHTS": ""})
     run(
-        [
-            "train_net.py",
-            "--config-file",
-            config_file,
-            *resume,
-            "OUTPUT_DIR",
-            run_dir,
-            "DATASETS.TEST",
-            "()",
-            "MODEL.WEIGHTS",
-            "",
-            *opts,
-        ],
+        ["train_net.py", "--config-file", config_file, *resume, *fixed, *opts],
         run_dir / "train.log",
     )
     return run_dir / "model_final.pth"
@@ -249,82 +243,6 @@ def recipe_mixture(config_file, opts, pseudo_share):
     return boxed, [round(w * (1 - pseudo_share), 6) for w in weights] + [pseudo_share]
 
 
-def _iou(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
-def phrase_class(phrase):
-    """The category id a pseudo-label phrase names: the one class name in it, else None."""
-    found = [i + 1 for i, n in enumerate(ALL_CLASSES) if re.search(rf"\b{n}\b", phrase.lower())]
-    return found[0] if len(found) == 1 else None
-
-
-def pseudo_label_quality(pseudo_json, truth_json, conf):
-    """Precision / recall at IoU 0.5 of the pseudo boxes kept by the rule (score > conf)
-    against the hidden true boxes: class-aware (the phrase must name the object's class) and
-    class-agnostic; recall over all objects and over those the caption mentions."""
-    truth = json.load(open(truth_json))
-    by_file = {im["file_name"]: im["id"] for im in truth["images"]}
-    objects = {}
-    for a in truth["annotations"]:
-        x, y, w, h = a["bbox"]
-        objects.setdefault(a["image_id"], []).append(
-            (a["category_id"], [x, y, x + w, y + h], a["mentioned"])
-        )
-    counts = {
-        k: 0 for k in ("boxes", "tp", "tp_agnostic", "tp_mentioned", "boxes_heldout", "tp_heldout")
-    }
-    for entry in json.load(open(pseudo_json)):
-        boxes = [
-            (s, b, phrase_class(e["phrase"]))
-            for e in entry["entities"]
-            for b, s in zip(e["boxes"], e["scores"], strict=True)
-            if s > conf
-        ]
-        gts = objects.get(by_file[entry["file_name"]], [])
-        for agnostic in (False, True):
-            used = set()
-            for _, box, cls in sorted(boxes, key=lambda t: -t[0]):
-                cands = [
-                    (_iou(box, g[1]), j)
-                    for j, g in enumerate(gts)
-                    if j not in used and (agnostic or g[0] == cls)
-                ]
-                best = max(cands, default=(0.0, None))
-                if best[0] >= 0.5:
-                    used.add(best[1])
-                    if agnostic:
-                        counts["tp_agnostic"] += 1
-                    else:
-                        counts["tp"] += 1
-                        counts["tp_mentioned"] += gts[best[1]][2]
-                        counts["tp_heldout"] += cls in HELDOUT_IDS
-        counts["boxes"] += len(boxes)
-        counts["boxes_heldout"] += sum(c in HELDOUT_IDS for _, _, c in boxes)
-    all_objects = [g for gs in objects.values() for g in gs]
-    n, n_mentioned = len(all_objects), sum(g[2] for g in all_objects)
-    n_heldout = sum(g[0] in HELDOUT_IDS and g[2] for g in all_objects)
-
-    def ratio(a, b):
-        return round(100.0 * a / b, 2) if b else 0.0
-
-    return {
-        "pseudo_boxes": counts["boxes"],
-        "objects": n,
-        "mentioned_objects": n_mentioned,
-        "precision": ratio(counts["tp"], counts["boxes"]),
-        "recall_mentioned": ratio(counts["tp_mentioned"], n_mentioned),
-        "recall_all": ratio(counts["tp"], n),
-        "precision_class_agnostic": ratio(counts["tp_agnostic"], counts["boxes"]),
-        "recall_class_agnostic": ratio(counts["tp_agnostic"], n),
-        "heldout_precision": ratio(counts["tp_heldout"], counts["boxes_heldout"]),
-        "heldout_recall_mentioned": ratio(counts["tp_heldout"], n_heldout),
-    }
-
-
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.output_dir)
@@ -377,43 +295,31 @@ def main(argv=None):
         captions.write_text(json.dumps(captions_with_true_phrases(truth_json)))
     image_root = os.path.join(synth_root, "images", "captions")
     if not pseudo.is_file():
-        cmd = [
-            "-m",
-            "glip_d2.pseudo_label",
-            "--config-file",
-            teacher_config,
-            "--weights",
-            teacher_weights,
-            "--captions",
-            captions,
-            "--image-root",
-            image_root,
-            "--output",
-            pseudo,
-            "--num-gpus",
-            args.label_processes,
-        ]
+        cmd = ["-m", "glip_d2.pseudo_label", "--config-file", teacher_config, "--weights"]
+        cmd += [teacher_weights, "--captions", captions, "--image-root", image_root]
+        cmd += ["--output", pseudo, "--num-gpus", args.label_processes]
         if finder != "truth":
             cmd += ["--phrase-finder", finder]
         cmd += ["--text-threshold", args.text_threshold]
         run([*cmd, *conf_opts], out / f"pseudo_label_{finder}.log")
     seconds["pseudo_labels"] = time.perf_counter() - t
     conf = 0.05 if args.quick else 0.5
-    results["pseudo_labels"] = pseudo_label_quality(pseudo, truth_json, conf)
+    results["pseudo_labels"] = pseudo_label_quality(pseudo, truth_json, conf, HELDOUT_IDS)
     if not results["pseudo_labels"]["pseudo_boxes"]:
         raise RuntimeError(f"{pseudo}: no caption image kept a box above CAPTION_CONF {conf}")
 
     # ---- control and student per seed
     boxed, ratios = recipe_mixture(args.config_file, args.opts, args.pseudo_share)
-    student_opts = [
-        "DATASETS.TRAIN",
-        str((*boxed, PSEUDO_SET)),
-        "DATASETS.GLIP.PSEUDO_LABEL_SETS",
-        str([[PSEUDO_SET, str(pseudo), image_root]]),
-        "DATASETS.GLIP.TRAIN_RATIOS",
-        str(ratios),
-        *conf_opts,
-    ]
+    student_opts = (
+        as_opts(
+            {
+                "DATASETS.TRAIN": (*boxed, PSEUDO_SET),
+                "DATASETS.GLIP.PSEUDO_LABEL_SETS": [[PSEUDO_SET, str(pseudo), image_root]],
+                "DATASETS.GLIP.TRAIN_RATIOS": ratios,
+            }
+        )
+        + conf_opts
+    )
     for seed in args.seeds:
         for kind, extra in (("control", []), ("student", student_opts)):
             t = time.perf_counter()

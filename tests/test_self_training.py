@@ -135,12 +135,16 @@ def _experiment():
 
 
 def test_pseudo_label_precision_and_recall(tmp_path):
-    exp = _experiment()
-    assert exp.phrase_class("small Blue Star") == ALL_CLASSES.index("blue star") + 1
-    assert exp.phrase_class("blue") is None and exp.phrase_class("red circle and blue star") is None
+    from glip_d2.evaluation import phrase_category, pseudo_label_quality
+
+    names = {i + 1: n for i, n in enumerate(ALL_CLASSES)}
     blue_star, red_circle = ALL_CLASSES.index("blue star") + 1, ALL_CLASSES.index("red circle") + 1
+    assert phrase_category("small Blue Star", names) == blue_star
+    assert phrase_category("blue", names) is None
+    assert phrase_category("red circle and blue star", names) is None  # two categories
     truth = {
         "images": [{"id": 1, "file_name": "a.jpg"}],
+        "categories": [{"id": i, "name": n} for i, n in names.items()],
         "annotations": [
             {"image_id": 1, "category_id": blue_star, "bbox": [0, 0, 10, 10], "mentioned": True},
             {"image_id": 1, "category_id": red_circle, "bbox": [20, 20, 10, 10], "mentioned": True},
@@ -166,14 +170,14 @@ def test_pseudo_label_precision_and_recall(tmp_path):
     ]
     (tmp_path / "t.json").write_text(json.dumps(truth))
     (tmp_path / "p.json").write_text(json.dumps(pseudo))
-    q = exp.pseudo_label_quality(str(tmp_path / "p.json"), str(tmp_path / "t.json"), conf=0.5)
+    q = pseudo_label_quality(str(tmp_path / "p.json"), str(tmp_path / "t.json"), 0.5, [blue_star])
     # kept (score > 0.5): blue star x2 (one true, one duplicate), red circle on the blue star
     assert q["pseudo_boxes"] == 3 and q["objects"] == 3 and q["mentioned_objects"] == 2
     assert q["precision"] == pytest.approx(100 / 3, abs=0.01)  # 1 of 3 right
     assert q["recall_mentioned"] == 50.0 and q["recall_all"] == pytest.approx(100 / 3, abs=0.01)
     assert q["precision_class_agnostic"] == pytest.approx(100 / 3, abs=0.01)  # one box per object
     assert q["heldout_precision"] == 50.0 and q["heldout_recall_mentioned"] == 100.0
-    q = exp.pseudo_label_quality(str(tmp_path / "p.json"), str(tmp_path / "t.json"), conf=0.3)
+    q = pseudo_label_quality(str(tmp_path / "p.json"), str(tmp_path / "t.json"), 0.3)
     assert q["precision"] == 50.0 and q["recall_mentioned"] == 100.0  # the 0.4 red circle too
 
 

@@ -1,10 +1,12 @@
-"""Evaluators: COCO (+1 export), LVIS (fixed AP), Flickr30K recall, RefCOCO accuracy, ODinW."""
+"""Evaluators: COCO (+1 export), LVIS (fixed AP), Flickr30K recall, RefCOCO accuracy, ODinW;
+pseudo-label precision / recall against hidden true boxes."""
 
 from .build import EVALUATOR_TYPES, build_glip_evaluator
 from .coco import GLIPCOCOEvaluator, legacy_instances_to_coco_json
 from .grounding import FlickrRecallEvaluator, RefExpAccuracyEvaluator, box_iou_xyxy
 from .lvis import GLIPLVISEvaluator, top_k_per_category
 from .odinw import average_over_datasets
+from .pseudo_labels import phrase_category, pseudo_label_quality
 
 __all__ = [
     "EVALUATOR_TYPES",
@@ -16,5 +18,7 @@ __all__ = [
     "box_iou_xyxy",
     "build_glip_evaluator",
     "legacy_instances_to_coco_json",
+    "phrase_category",
+    "pseudo_label_quality",
     "top_k_per_category",
 ]
