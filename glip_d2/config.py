@@ -92,6 +92,10 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.CHUNK_SIZE = 0
     # Prompt chunks run through the fused head together, at most this many at once.
     _C.MODEL.GLIP.CHUNK_BATCH = 4
+    # Deformable convs: "fast" (9-tap gather + one matrix product) or "torchvision" (reference).
+    _C.MODEL.GLIP.DEFORM_CONV_IMPL = "fast"
+    # Under autocast the fast deformable convs sample and multiply in bf16/fp16 (positions fp32).
+    _C.MODEL.GLIP.DEFORM_CONV_LOW_PRECISION = True
 
     # ---- Input ----
     _C.INPUT.FORMAT = "BGR"

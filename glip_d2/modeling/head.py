@@ -109,6 +109,8 @@ class VLDyHead(nn.Module):
         clamp_value=50000.0,
         num_levels=5,
         use_checkpoint=False,
+        deform_conv_impl="fast",
+        deform_conv_low_precision=False,
     ):
         """
         Args:
@@ -129,6 +131,7 @@ class VLDyHead(nn.Module):
             clamp_value (float): bound of every official +-50000 clamp.
             num_levels (int): pyramid levels (one ``scales`` entry each).
             use_checkpoint (bool): recompute each tower layer in backward (training memory).
+            deform_conv_impl, deform_conv_low_precision: DyConv's deformable convs.
         """
         super().__init__()
         hidden_size = text_config.hidden_size
@@ -159,6 +162,9 @@ class VLDyHead(nn.Module):
                 use_dyfuse=use_dyfuse and full,
                 use_dyrelu=use_dyrelu and full,
                 gn_groups=gn_groups,
+                deform_conv_impl=deform_conv_impl,
+                deform_conv_low_precision=deform_conv_low_precision,
+                name=f"head.tower.{i}.dyconv",
             )
             layers.append(VLDyHeadLayer(fusion, text_layer, dyconv))
         self.tower = nn.ModuleList(layers)
@@ -219,6 +225,8 @@ class VLDyHead(nn.Module):
             "clamp_value": g.CLAMP_VALUE,
             "num_levels": len(g.ANCHOR_STRIDES),
             "use_checkpoint": g.USE_CHECKPOINT,
+            "deform_conv_impl": g.DEFORM_CONV_IMPL,
+            "deform_conv_low_precision": g.DEFORM_CONV_LOW_PRECISION,
         }
 
     def _clamp(self, x):
