@@ -96,6 +96,8 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.DEFORM_CONV_IMPL = "fast"
     # Under autocast the fast deformable convs sample and multiply in bf16/fp16 (positions fp32).
     _C.MODEL.GLIP.DEFORM_CONV_LOW_PRECISION = True
+    # Fusion attention: "auto" (cheaper product order per call), "reassociated" or "direct".
+    _C.MODEL.GLIP.FUSION_IMPL = "auto"
 
     # ---- Input ----
     _C.INPUT.FORMAT = "BGR"
