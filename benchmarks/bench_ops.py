@@ -12,7 +12,8 @@
 Each (op, variant, precision) runs in its own fresh process, the variants alternating, and
 every process times all sizes (``--inner`` runs after one warm-up run each); the table gives
 the median over ``--repeats`` processes. bf16 means CPU autocast (the fast deformable conv then
-samples and multiplies in bf16; torchvision's op stays fp32).
+samples and multiplies in bf16; torchvision's op stays fp32). ``--bf16-error`` prints the
+differences of a DyConv layer's outputs in bf16 vs fp32 instead.
 
     .venv/bin/python benchmarks/bench_ops.py --threads 2 --repeats 5
 """
@@ -82,6 +83,50 @@ def measure_fusion(impl, dtype, args):
     return out
 
 
+def dyconv_bf16_error(args):
+    """Max abs difference of one DyConv layer's outputs, CPU bf16 autocast vs fp32, per level.
+
+    GLIP-T's layer (256 channels, deformable convs, the coarse-offset quirk) on unit-normal
+    features of all levels, once freshly initialised (offsets near 0) and once with random
+    weights whose offsets are about a pixel; bf16 with the fast deformable conv in bf16
+    (DEFORM_CONV_LOW_PRECISION) and, for comparison, in fp32.
+    """
+    import torch
+
+    from glip_d2.modeling.dyconv import DyConv
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    feats = [torch.randn(1, 256, h, w) for h, w in args.levels]
+    rows = []
+    for init in ("fresh", "random"):
+        torch.manual_seed(1)
+        layer = DyConv(256, 256, deform_conv_low_precision=True).eval()
+        if init == "random":
+            with torch.no_grad():
+                for p in layer.parameters():
+                    p.copy_(0.05 * torch.randn(p.shape))
+                layer.offset.weight.mul_(0.5)
+        with torch.no_grad():
+            exact = layer(feats)
+            for low_precision in (True, False):
+                for m in layer.modules():
+                    if hasattr(m, "low_precision"):
+                        m.low_precision = low_precision
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    low = layer(feats)
+                diffs = [
+                    (a.float() - b).abs().max().item() for a, b in zip(low, exact, strict=True)
+                ]
+                scale = [b.abs().max().item() for b in exact]
+                rows.append((init, low_precision, diffs, scale))
+    print("| weights | deformable conv | " + " | ".join(f"{h}x{w}" for h, w in args.levels) + " |")
+    print("|---|---|" + "---:|" * len(args.levels))
+    for init, low_precision, diffs, scale in rows:
+        cells = " | ".join(f"{d:.3g} (of {s:.3g})" for d, s in zip(diffs, scale, strict=True))
+        print(f"| {init} | {'bf16' if low_precision else 'fp32'} | {cells} |")
+
+
 def _worker(args):
     import torch
 
@@ -118,12 +163,17 @@ def main():
     parser.add_argument("--inner", type=int, default=3, help="timed runs per size and process")
     parser.add_argument("--levels", nargs="+", type=_level, default=LEVELS, help="HxW ...")
     parser.add_argument("--lengths", nargs="+", type=int, default=[256, 190, 12])
+    parser.add_argument(
+        "--bf16-error", action="store_true", help="DyConv bf16 vs fp32 differences instead"
+    )
     parser.add_argument("--op", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.op:
         return _worker(args)
+    if args.bf16_error:
+        return dyconv_bf16_error(args)
 
     import torch
 

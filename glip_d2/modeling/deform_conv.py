@@ -127,13 +127,9 @@ def modulated_deform_conv3x3(x, offset, mask, weight, bias=None, stride=1, compu
     indices, weights = _corner_indices_and_weights(offset, mask, h, w, stride)
     samples = _sample(_bordered_table(x, dtype), indices, weights.to(dtype))
     samples = samples.view(b, out_h * out_w, 9 * c)  # (tap, channel) per location
-    # Weight columns reordered tap-major to match; (C_out, 9 C) @ (9 C, P) per image.
+    # Weight columns reordered tap-major to match: (B, P, 9 C) @ (9 C, C_out), then NCHW. One
+    # product over all images (a per-image loop would copy the samples' gradient in backward).
     kernel = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], 9 * c).to(dtype)
-    # One 2-D product per image: (C_out, 9 C) @ (9 C, P) -> (C_out, P), already NCHW.
-    if bias is None:
-        out = [torch.mm(kernel, s.t()) for s in samples]
-    else:
-        column = bias.to(dtype)[:, None]
-        out = [torch.addmm(column, kernel, s.t()) for s in samples]
-    out = out[0].unsqueeze(0) if b == 1 else torch.stack(out)
+    out = F.linear(samples, kernel, None if bias is None else bias.to(dtype))
+    out = out.transpose(1, 2).contiguous()
     return out.view(b, -1, out_h, out_w)
