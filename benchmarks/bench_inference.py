@@ -208,9 +208,12 @@ class _Timed:
 def _chunk_count(model, cfg, names):
     """Prompts the vocabulary needs, if this tree exposes its chunking (else None)."""
     try:
-        from glip_d2.data.prompts import chunk_phrases
+        from glip_d2.text.prompts import chunk_phrases
     except ImportError:
-        return None
+        try:  # trees before the glip_d2.text package
+            from glip_d2.data.prompts import chunk_phrases
+        except ImportError:
+            return None
     lang = model.language_backbone
     return len(chunk_phrases(lang.tokenizer, names, lang.max_query_len, cfg.MODEL.GLIP.CHUNK_SIZE))
 

@@ -24,6 +24,8 @@ trees read the same ``glip_synth`` (``--datasets``, generated there if missing).
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,17 +48,27 @@ CASES = {
 }
 
 
+def _ensure_glip_synth(tree):
+    """Generate glip_synth under $DETECTRON2_DATASETS unless a complete copy is there."""
+    script = tree / "datasets" / "prepare_glip_synth.py"
+    try:  # trees whose package still holds the generator
+        from glip_d2.data.synthetic import ensure_glip_synth
+    except ImportError:
+        subprocess.run([sys.executable, str(script)], check=True, cwd=tree)
+    else:
+        ensure_glip_synth()
+
+
 def _worker(args):
     import torch
     from detectron2.engine import default_argument_parser
     from detectron2.utils.events import EventStorage
 
     import glip_d2  # noqa: F401  (registers the model and the datasets)
-    from glip_d2.data.synthetic import ensure_glip_synth
     from glip_d2.engine import GLIPSimpleTrainer, GLIPTrainer, build_glip_optimizer, setup_cfg
 
     torch.set_num_threads(args.threads)
-    ensure_glip_synth()
+    _ensure_glip_synth(Path(args.tree))
     config_file, overrides, sized = CASES[args.case]
     overrides = overrides + [
         "MODEL.DEVICE",
