@@ -8,7 +8,6 @@ from torchvision.ops import deform_conv2d
 
 from glip_d2.modeling.deform_conv import modulated_deform_conv3x3
 from glip_d2.modeling.dyconv import DyConv, ModulatedDeformConv3x3
-from glip_d2.modeling.head import VLDyHead
 
 # GLIP-T's width at small spatial sizes: each level ceil-halves the previous one.
 GLIP_T_LIKE_LEVELS = [(24, 40), (12, 20), (6, 10), (3, 5), (2, 3)]
@@ -118,21 +117,27 @@ def test_non_finite_offsets_raise_an_error_naming_the_layer():
         conv(torch.randn(1, 4, 3, 3), offset, torch.ones(1, 9, 3, 3))
 
 
-def test_head_names_its_deformable_convs_and_reads_the_config_keys():
-    from test_head import _SMALL_TEXT, _small_cfg
+def test_model_reads_the_fast_op_keys_and_names_its_convs():
+    from conftest import reference_cfg
+    from detectron2.modeling import build_model
 
-    head = VLDyHead(_small_cfg(DEFORM_CONV_IMPL="torchvision"), lang_config=_SMALL_TEXT)
+    defaults = reference_cfg().MODEL.GLIP
+    assert (defaults.DEFORM_CONV_IMPL, defaults.DEFORM_CONV_LOW_PRECISION) == ("fast", True)
+    assert defaults.FUSION_IMPL == "auto"
+    cfg = reference_cfg()
+    cfg.MODEL.GLIP.DEFORM_CONV_IMPL = "torchvision"
+    cfg.MODEL.GLIP.DEFORM_CONV_LOW_PRECISION = False
+    cfg.MODEL.GLIP.FUSION_IMPL = "direct"
+    head = build_model(cfg).head
     conv = head.tower[1].dyconv.DyConv[2].conv
     assert (conv.name, conv.impl, conv.low_precision) == (
         "head.tower.1.dyconv.DyConv.2.conv",
         "torchvision",
-        True,
+        False,
     )
-    assert VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT).tower[0].dyconv.DyConv[0].conv.impl == (
-        "fast"
-    )
+    assert head.tower[0].fusion.attn.impl == "direct"
     with pytest.raises(ValueError, match="MODEL.GLIP.DEFORM_CONV_IMPL"):
-        VLDyHead(_small_cfg(DEFORM_CONV_IMPL="cuda"), lang_config=_SMALL_TEXT)
+        ModulatedDeformConv3x3(4, 4, impl="cuda")
 
 
 def test_bf16_autocast_runs_samples_and_product_in_bf16():

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from glip_d2.modeling.fusion import BiMultiHeadAttention, VLFusionBlock
-from glip_d2.modeling.head import VLDyHead
 
 # GLIP-T's fusion: visual width 256, attention width 2048 in 8 heads; BERT-base text (768) or
 # MiniLM (384).
@@ -96,6 +95,7 @@ def test_automatic_order_counts_multiply_adds():
     assert BiMultiHeadAttention(64, 384, 256, 8, impl="reassociated").reassociates(10, 256)
     with pytest.raises(ValueError, match="MODEL.GLIP.FUSION_IMPL"):
         BiMultiHeadAttention(64, 384, 256, 8, impl="fast")
+    assert VLFusionBlock(16, 24, 32, 4, impl="direct").attn.impl == "direct"
 
 
 def test_bf16_autocast_keeps_dtypes_and_stays_close():
@@ -114,13 +114,3 @@ def test_bf16_autocast_keeps_dtypes_and_stays_close():
         _assert_rel(low_v.float(), exact_v, 0.05, f"{impl} visual, bf16")
         valid = mask.bool()
         _assert_rel(low_l.float()[valid], exact_l[valid], 0.05, f"{impl} text, bf16")
-
-
-def test_fusion_block_and_head_read_the_order_from_config():
-    from test_head import _SMALL_TEXT, _small_cfg
-
-    block = VLFusionBlock(16, 24, 32, 4, impl="direct")
-    assert block.attn.impl == "direct"
-    head = VLDyHead(_small_cfg(FUSION_IMPL="reassociated"), lang_config=_SMALL_TEXT)
-    assert head.tower[1].fusion.attn.impl == "reassociated"
-    assert VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT).tower[0].fusion.attn.impl == "auto"
