@@ -125,6 +125,9 @@ def test_model_reads_the_fast_op_keys_and_names_its_convs():
     assert (defaults.DEFORM_CONV_IMPL, defaults.DEFORM_CONV_LOW_PRECISION) == ("fast", True)
     assert defaults.FUSION_IMPL == "auto"
     cfg = reference_cfg()
+    # Smaller and without reading the text encoder's weights: only the wiring is checked.
+    cfg.MODEL.GLIP.FUSION_EMBED_DIM = 64
+    cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT = True
     cfg.MODEL.GLIP.DEFORM_CONV_IMPL = "torchvision"
     cfg.MODEL.GLIP.DEFORM_CONV_LOW_PRECISION = False
     cfg.MODEL.GLIP.FUSION_IMPL = "direct"
