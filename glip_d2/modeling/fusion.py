@@ -20,6 +20,15 @@ _PAD_TOKEN_BIAS = -9e15
 FUSION_IMPLS = ("auto", "reassociated", "direct")
 
 
+def _text_bias(text_mask, scores_dtype):
+    """(B, L) additive bias of the image->text logits: +1 on valid tokens, -9e15 on padding.
+
+    Built in (at least) fp32: -9e15 overflows fp16, and fp16 scores are promoted.
+    """
+    dtype = torch.promote_types(scores_dtype, torch.float32)
+    return text_mask.to(dtype).masked_fill(text_mask == 0, _PAD_TOKEN_BIAS)
+
+
 class BiMultiHeadAttention(nn.Module):
     """Multi-head attention computed once and used in both directions.
 
@@ -42,7 +51,9 @@ class BiMultiHeadAttention(nn.Module):
 
     Per product, direct costs N E (C + L) multiply-adds and reassociated N C heads L + L C E
     (N visual tokens of width C, L text tokens, attention width E); "auto" takes the cheaper
-    one per call. Both orders clamp and normalise the same score matrix.
+    one per call. Both orders clamp and normalise the same score matrix; the reassociated
+    order keeps it in its (B, N, heads, L) layout, which the products read without copies,
+    and draws the dropout masks the direct order would draw.
     """
 
     def __init__(
@@ -132,7 +143,7 @@ class BiMultiHeadAttention(nn.Module):
         return reassociated < direct
 
     def _attention_maps(self, scores, text_mask, batch, dtype):
-        """Both attention maps from the (B*heads, N, L) scores, after dropout.
+        """Both attention maps of the direct order from its (B*heads, N, L) scores, after dropout.
 
         ``dtype`` (the text values' dtype) is the one the image->text map is cast to after its
         softmax, which may run in fp32 (the padding bias is fp32).
@@ -152,11 +163,9 @@ class BiMultiHeadAttention(nn.Module):
 
         # Image -> text: padded tokens get -9e15, valid ones +1 (the official long mask).
         if text_mask is not None:
-            # Built in (at least) fp32: -9e15 overflows fp16, and fp16 scores are promoted.
-            bias_dtype = torch.promote_types(scores.dtype, torch.float32)
-            bias = text_mask.to(bias_dtype).masked_fill(text_mask == 0, _PAD_TOKEN_BIAS)
             scores = (
-                scores.view(batch, self.num_heads, num_v, num_l) + bias[:, None, None, :]
+                scores.view(batch, self.num_heads, num_v, num_l)
+                + _text_bias(text_mask, scores.dtype)[:, None, None, :]
             ).view(batch * self.num_heads, num_v, num_l)
         attn_v = scores.softmax(dim=-1).to(dtype)
 
@@ -197,7 +206,9 @@ class BiMultiHeadAttention(nn.Module):
         key = self.l_proj(l).view(batch, num_l, heads, head_dim).transpose(1, 2)  # (B,h,L,d)
         value_l = self.values_l_proj(l).view(batch, num_l, heads, head_dim).transpose(1, 2)
 
-        # Scores: the query projection folded into the keys, (B, C, h*L) and (B, 1, h*L).
+        # Scores: the query projection folded into the keys; one product gives all heads side
+        # by side, (B, N, h*L). The maps below stay in that layout, so that the products with
+        # the attention maps need no copies.
         w_q = self.v_proj.weight.view(heads, head_dim, v_dim)
         b_q = self.v_proj.bias.view(heads, 1, head_dim)
         key_q = torch.matmul(key, w_q) * self.scale  # (B, h, L, C) = s K_h W_q,h
@@ -206,37 +217,63 @@ class BiMultiHeadAttention(nn.Module):
             key_b.reshape(batch, 1, heads * num_l),
             v,
             key_q.reshape(batch, heads * num_l, v_dim).transpose(1, 2),
-        )  # (B, N, h*L)
-        # (B*h, N, L) in the direct order's memory layout, so that dropout draws the same masks.
-        scores = scores.view(batch, num_v, heads, num_l).transpose(1, 2)
-        scores = scores.reshape(batch * heads, num_v, num_l)
-        attn_v, attn_l = self._attention_maps(scores, text_mask, batch, value_l.dtype)
+        ).view(batch, num_v, heads, num_l)
+        attn_v, attn_l = self._attention_maps_by_location(scores, text_mask, value_l.dtype)
 
-        # Visual update: the text values through out_v_proj per head, (B, h*L, C), then one
-        # product with the attention maps of all heads side by side, (B, N, h*L).
+        # Visual update: the text values through out_v_proj per head, (B, h*L, C), times the
+        # image->text maps of all heads, (B, N, h*L).
         w_out = self.out_v_proj.weight.view(v_dim, heads, head_dim).transpose(0, 1)  # (h,C,d)
         value_out = torch.matmul(value_l, w_out.transpose(1, 2))  # (B, h, L, C)
-        attn_v = attn_v.view(batch, heads, num_v, num_l).transpose(1, 2)
         out_v = torch.baddbmm(
             self.out_v_proj.bias.to(value_out.dtype).expand(batch, 1, v_dim),
             attn_v.reshape(batch, num_v, heads * num_l).to(value_out.dtype),
             value_out.reshape(batch, heads * num_l, v_dim),
         )
 
-        # Text update: attention-weighted visual tokens per head, (B, h, L, C), through the
+        # Text update: attention-weighted visual tokens per head, (B, h*L, C), through the
         # value projection of that head; its bias enters with the attention row sums. Both
-        # factors are cast to the values' dtype first (what autocast would do), so that the
-        # image, shared by the heads through a stride-0 batch, is not copied per head.
+        # factors in the values' dtype (what autocast would pick).
         dtype = value_l.dtype
-        attn_l = attn_l.view(batch, heads, num_l, num_v)
-        v_shared = v.to(dtype)[:, None].expand(batch, heads, num_v, v_dim)
-        pooled = torch.stack([torch.bmm(attn_l[i].to(dtype), v_shared[i]) for i in range(batch)])
+        attn_l = attn_l.reshape(batch, num_v, heads * num_l).to(dtype)
+        pooled = torch.bmm(attn_l.transpose(1, 2), v.to(dtype)).view(batch, heads, num_l, v_dim)
         w_vv = self.values_v_proj.weight.view(heads, head_dim, v_dim)
         b_vv = self.values_v_proj.bias.view(heads, 1, head_dim)
         value_v = torch.matmul(pooled, w_vv.transpose(1, 2))  # (B, h, L, d)
-        value_v = value_v + attn_l.sum(dim=-1, keepdim=True) * b_vv
+        row_sums = attn_l.sum(dim=1).view(batch, heads, num_l, 1)
+        value_v = value_v + row_sums * b_vv
         out_l = self.out_l_proj(value_v.transpose(1, 2).reshape(batch, num_l, self.embed_dim))
         return out_v, out_l
+
+    def _attention_maps_by_location(self, scores, text_mask, dtype):
+        """The direct order's attention maps, computed on (B, N, heads, L) scores.
+
+        Same operations as ``_attention_maps`` (the text->image max and softmax run over dim 1
+        here), and the same dropout masks: each is drawn in the memory order the direct order
+        gives it, (B, heads, N, L) and (B, heads, L, N), then laid over this layout.
+
+        Returns:
+            (Tensor, Tensor): image->text and text->image maps, both (B, N, heads, L).
+        """
+        scores = self._clamp(scores)
+        attn_l = self._clamp(scores - scores.max(dim=1, keepdim=True)[0]).softmax(dim=1)
+        if text_mask is not None:
+            scores = scores + _text_bias(text_mask, scores.dtype)[:, None, None, :]
+        attn_v = scores.softmax(dim=-1).to(dtype)
+        if self.training and self.dropout > 0:
+            attn_v = attn_v * self._dropout_noise(attn_v, (0, 2, 1, 3))
+            attn_l = attn_l * self._dropout_noise(attn_l, (0, 2, 3, 1))
+        return attn_v, attn_l
+
+    def _dropout_noise(self, attn, order):
+        """``F.dropout``'s scaled keep mask for ``attn`` as if drawn on ``attn.permute(order)``
+        made contiguous (the direct order's layout), returned in ``attn``'s layout."""
+        shape = [attn.shape[d] for d in order]
+        if self.dropout >= 1:  # F.dropout's special case: everything dropped
+            return attn.new_zeros(())
+        noise = torch.empty(shape, dtype=attn.dtype, device=attn.device)
+        noise.bernoulli_(1 - self.dropout).div_(1 - self.dropout)
+        inverse = [order.index(d) for d in range(attn.dim())]
+        return noise.permute(inverse)
 
 
 class VLFusionBlock(nn.Module):
