@@ -12,6 +12,7 @@ from detectron2.data import DatasetCatalog
 from ..synthetic import ALL_CLASSES, SEEN_CLASSES
 from .coco import register_grounding_coco
 from .mdetr import register_mdetr_grounding
+from .odinw import register_odinw
 
 __all__ = ["register_all_glip", "register_glip_synth"]
 
@@ -98,6 +99,7 @@ def register_all_glip(root):
         )
     for name, (json_file, image_root) in _PREDEFINED_COCO.items():
         register_grounding_coco(name, _join(root, json_file), _join(root, image_root))
+    register_odinw(root)
     register_glip_synth(root)
 
 
