@@ -194,3 +194,22 @@ def test_fixed_training_prompt_is_the_evaluation_prompt(odinw_root, tmp_path):
         GroundingDatasetMapper(cfg, is_train=True)(
             DatasetCatalog.get("odinwtest_TinyHoles_minival")[0]
         )
+
+
+def test_register_coco_config_key(odinw_root, tmp_path):
+    from glip_d2.data.datasets.coco import register_coco_from_cfg
+
+    json_file, image_root = odinw_split_files(SET_A, "val", str(odinw_root))
+    cfg = _cfg(tmp_path)
+    cfg.DATASETS.GLIP.REGISTER_COCO = [["glip_test_custom_val", json_file, image_root]]
+    register_coco_from_cfg(cfg)
+    register_coco_from_cfg(cfg)  # idempotent
+    assert len(DatasetCatalog.get("glip_test_custom_val")) == 2
+    meta = MetadataCatalog.get("glip_test_custom_val")
+    assert meta.evaluator_type == "coco" and meta.thing_classes == ["kitties", "doggos"]
+    cfg.DATASETS.GLIP.REGISTER_COCO = [["glip_test_custom_val", "other.json", image_root]]
+    with pytest.raises(ValueError, match="already registered"):
+        register_coco_from_cfg(cfg)
+    cfg.DATASETS.GLIP.REGISTER_COCO = [["only_a_name"]]
+    with pytest.raises(ValueError, match=r"REGISTER_COCO\[0\] must be \[name, json_file"):
+        register_coco_from_cfg(cfg)

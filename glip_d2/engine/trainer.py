@@ -15,6 +15,7 @@ from detectron2.utils.logger import setup_logger
 from ..checkpoint import GLIPCheckpointer
 from ..config import add_glip_config
 from ..data.build import build_grounding_train_loader
+from ..data.datasets.coco import register_coco_from_cfg
 from ..data.mapper import GroundingDatasetMapper
 from ..evaluation import average_over_datasets, build_glip_evaluator
 from .ema import EMAHook, ModelEMA
@@ -39,6 +40,7 @@ class GLIPTrainer(DefaultTrainer):
         # DefaultTrainer.__init__ hard-wires SimpleTrainer/AMPTrainer and
         # DetectionCheckpointer; the same construction order with GLIP's pieces.
         TrainerBase.__init__(self)
+        register_coco_from_cfg(cfg)
         logger = logging.getLogger("detectron2")
         if not logger.isEnabledFor(logging.INFO):
             setup_logger()
@@ -134,13 +136,15 @@ class GLIPTrainer(DefaultTrainer):
 
 
 def setup_cfg(args):
-    """get_cfg + add_glip_config + the config file + command-line overrides + default_setup."""
+    """get_cfg + add_glip_config + the config file + command-line overrides + default_setup;
+    registers the ``DATASETS.GLIP.REGISTER_COCO`` sets."""
     cfg = get_cfg()
     add_glip_config(cfg)
     if args.config_file:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    register_coco_from_cfg(cfg)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="glip_d2")
     return cfg
