@@ -94,6 +94,11 @@ def build_grounding_train_loader(cfg, mapper=None):
     """
     from .mapper import GroundingDatasetMapper
 
+    if not cfg.DATASETS.TRAIN:
+        raise ValueError(
+            "DATASETS.TRAIN is empty: name the registered training sets (the configs in "
+            "configs/transfer/ leave it to you)"
+        )
     records, sizes = get_grounding_dataset_dicts(
         cfg.DATASETS.TRAIN,
         filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
