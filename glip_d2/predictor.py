@@ -25,7 +25,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from . import modeling  # noqa: F401  (registers GLIPDetector and the backbones)
-from .checkpoint import GLIPCheckpointer, use_text_encoder_from_weights
+from .checkpoint import GLIPCheckpointer, load_prompt_embedding, use_text_encoder_from_weights
 
 __all__ = ["GLIPPredictor", "normalize_prompt"]
 
@@ -109,17 +109,23 @@ class GLIPPredictor(DefaultPredictor):
     ``MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT``, so nothing is downloaded.
     """
 
-    def __init__(self, cfg, *, ema=False):
+    def __init__(self, cfg, *, ema=False, prompt_embedding=None):
         """
         Args:
             cfg (CfgNode): a glip_d2 config.
             ema (bool): from an official file, use ``model_ema`` instead of ``model``.
+            prompt_embedding (str | None): a tuned prompt embedding file loaded after
+                ``MODEL.WEIGHTS`` (default ``MODEL.LANGUAGE_BACKBONE.PROMPT_EMBEDDING``). It
+                changes the tuned prompt only; class names equal to the tuned vocabulary are
+                turned into the tuned caption (glip_d2/checkpoint/prompt_embedding.py).
         """
         from .data.transforms import GLIPResizeShortestEdge
 
         self.cfg = cfg.clone()
         self.cfg.defrost()
         use_text_encoder_from_weights(self.cfg)
+        if prompt_embedding is not None:
+            self.cfg.MODEL.LANGUAGE_BACKBONE.PROMPT_EMBEDDING = str(prompt_embedding)
         self.cfg.freeze()
         self.model = build_model(self.cfg)
         self.model.eval()
@@ -131,6 +137,8 @@ class GLIPPredictor(DefaultPredictor):
             ema=ema,
             text_encoder_from_checkpoint=self.cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT,
         ).load(self.cfg.MODEL.WEIGHTS)
+        path = self.cfg.MODEL.LANGUAGE_BACKBONE.PROMPT_EMBEDDING
+        self.prompt_embedding = load_prompt_embedding(self.model, path) if path else None
         self.aug = GLIPResizeShortestEdge(
             [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST],
             self.cfg.INPUT.MAX_SIZE_TEST,
@@ -156,6 +164,8 @@ class GLIPPredictor(DefaultPredictor):
         height, width = original_image.shape[:2]
         image = self.aug.get_transform(original_image).apply_image(original_image)
         image = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
+        if self.prompt_embedding is not None:
+            prompt = self.prompt_embedding.resolve(prompt)
         fields, names = normalize_prompt(prompt, self.default_names)
         return {"image": image, "height": height, "width": width, **fields}, names
 

@@ -20,6 +20,7 @@ from ..data.mapper import GroundingDatasetMapper
 from ..evaluation import average_over_datasets, build_glip_evaluator
 from .ema import EMAHook, ModelEMA
 from .optimizer import apply_tuning_mode, build_glip_optimizer
+from .prompt_tuning import PromptEmbeddingSaver, maybe_load_prompt_embedding
 from .train_loop import build_train_loop
 
 __all__ = ["GLIPTrainer", "evaluate_checkpoint", "setup_cfg"]
@@ -114,7 +115,8 @@ class GLIPTrainer(DefaultTrainer):
 
     def build_hooks(self):
         """Timer, LR schedule, EMA (before the checkpointer, so checkpoints hold the current
-        average), periodic checkpoints, evaluation (with the EMA weights), writers. No
+        average), periodic checkpoints, the prompt embedding file after prompt tuning,
+        evaluation (with the EMA weights), writers. No
         PreciseBN: GLIP has no BatchNorm statistics to re-estimate."""
         cfg = self.cfg
         ret = [hooks.IterationTimer(), hooks.LRScheduler()]
@@ -122,6 +124,8 @@ class GLIPTrainer(DefaultTrainer):
             ret.append(EMAHook(self.ema, self.model))
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            if cfg.SOLVER.GLIP.TUNING == "prompt":  # the tuned table on its own, at the end
+                ret.append(PromptEmbeddingSaver(cfg))
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._evaluate))
         if comm.is_main_process():
             ret.append(
@@ -153,7 +157,8 @@ def setup_cfg(args):
 def evaluate_checkpoint(cfg, resume=False):
     """Evaluate ``MODEL.WEIGHTS`` (or, with ``resume``, the last checkpoint of OUTPUT_DIR).
 
-    With ``SOLVER.EMA.ENABLED`` and an EMA state in the file, its averaged weights are used.
+    With ``SOLVER.EMA.ENABLED`` and an EMA state in the file, its averaged weights are used;
+    ``MODEL.LANGUAGE_BACKBONE.PROMPT_EMBEDDING`` is loaded on top.
     """
     model = GLIPTrainer.build_model(cfg)
     checkpointer = GLIPCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
@@ -169,4 +174,5 @@ def evaluate_checkpoint(cfg, resume=False):
     if ema is not None and ema.loaded_from_checkpoint:
         logger.info(f"Evaluating the EMA weights of {path}")
         ema.copy_to(model)
+    maybe_load_prompt_embedding(cfg, model)
     return GLIPTrainer.test(cfg, model)

@@ -13,6 +13,7 @@ weights, no download) because a GLIP checkpoint in ``MODEL.WEIGHTS`` carries its
 
 from pathlib import Path
 
+import torch
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
@@ -181,7 +182,8 @@ class HFLanguageBackbone(nn.Module):
 
     ``forward(input_ids, attention_mask)`` with both (B, L) gives ``hidden`` (B, L, D), the last
     layer (pad rows not zeroed); ``embedded`` (B, L, D) = hidden * mask; ``masks`` (B, L).
-    With a tunable linear table (prompt tuning, spec §8.1), its first L rows are added to both.
+    With a tunable linear table (prompt tuning, spec §8.1), its first L rows are added to both;
+    with ``tuned_input_ids`` set, only to the rows whose tokens are that prompt.
     """
 
     @configurable
@@ -215,6 +217,9 @@ class HFLanguageBackbone(nn.Module):
             # Linear(D, 1000) so that the weight is (1000, D) as in official checkpoints.
             self.tunable_linear = nn.Linear(model.config.hidden_size, 1000, bias=False)
             nn.init.zeros_(self.tunable_linear.weight)
+        # Token ids (L,) of the prompt a loaded prompt embedding was tuned for; None: the table
+        # applies to every prompt (official). See glip_d2/checkpoint/prompt_embedding.py.
+        self.register_buffer("tuned_input_ids", None, persistent=False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -230,7 +235,7 @@ class HFLanguageBackbone(nn.Module):
             "tokenizer": tokenizer,
             "max_query_len": lb.MAX_QUERY_LEN,
             "freeze": lb.FREEZE,
-            "tunable_linear": lb.TUNABLE_LINEAR,
+            "tunable_linear": lb.TUNABLE_LINEAR or bool(lb.PROMPT_EMBEDDING),
         }
 
     @property
@@ -284,9 +289,21 @@ class HFLanguageBackbone(nn.Module):
         embedded = hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
         if self.tunable_linear is not None:
             prompt = self.tunable_linear.weight[: hidden.shape[1]].unsqueeze(0)
-            hidden = hidden + prompt
-            embedded = embedded + prompt
+            if self.tuned_input_ids is None:
+                hidden = hidden + prompt
+                embedded = embedded + prompt
+            else:  # only rows holding the tuned prompt; the others stay bit-identical
+                use = self._is_tuned_prompt(input_ids)[:, None, None]
+                hidden = torch.where(use, hidden + prompt, hidden)
+                embedded = torch.where(use, embedded + prompt, embedded)
         return {"hidden": hidden, "embedded": embedded, "masks": attention_mask}
+
+    def _is_tuned_prompt(self, input_ids):
+        """(B,) bool: which rows of ``input_ids`` (B, L) are the tuned prompt's tokens."""
+        ids = self.tuned_input_ids
+        if input_ids.shape[1] != ids.shape[0]:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return (input_ids == ids.to(input_ids.device)).all(dim=1)
 
 
 def build_language_backbone(cfg):
