@@ -89,3 +89,22 @@ def test_one_step_moves_exactly_the_mode_s_parameters(mode):
     # every trainable tensor got a gradient and moved (an AdamW step is ~lr for any gradient),
     # nothing else did
     assert moved == trainable, (sorted(moved - trainable)[:5], sorted(trainable - moved)[:5])
+
+
+@pytest.mark.parametrize("model", ["glip_t", "glip_small"])
+def test_recipes_hold_the_official_settings(model):
+    official = {  # microsoft/GLIP README, "Fine-tuning" commands (spec in the config headers)
+        "full": (1e-4, 0.05),
+        "prompt": (0.05, 0.25),
+        "linear_prob": (1e-4, 0.05),
+    }
+    for mode, (lr, wd) in official.items():
+        cfg = add_glip_config(get_cfg())
+        cfg.merge_from_file(f"configs/transfer/{model}_{mode}.yaml")
+        s = cfg.SOLVER
+        assert (s.GLIP.TUNING, s.BASE_LR, s.WEIGHT_DECAY) == (mode, lr, wd)
+        assert (s.GLIP.LANG_LR, s.IMS_PER_BATCH, s.EMA.ENABLED) == (1e-5, 4, False)
+        assert cfg.MODEL.SWIN.FREEZE_AT == 2 and cfg.DATASETS.GLIP.FIXED_TRAIN_PROMPT
+        assert cfg.MODEL.LANGUAGE_BACKBONE.TUNABLE_LINEAR == (mode == "prompt")
+        assert cfg.MODEL.LANGUAGE_BACKBONE.FREEZE == (mode != "full")
+        assert cfg.OUTPUT_DIR == f"output/transfer/{model}_{mode}"
