@@ -51,6 +51,9 @@ def add_glip_config(cfg):
     _C.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT = False
     # Prompt tuning: add a learned (1000, HIDDEN_SIZE) table position-wise to the text features.
     _C.MODEL.LANGUAGE_BACKBONE.TUNABLE_LINEAR = False
+    # A tuned prompt embedding (save_prompt_embedding's .safetensors) loaded after MODEL.WEIGHTS;
+    # it applies to the prompt it was tuned for only (implies TUNABLE_LINEAR).
+    _C.MODEL.LANGUAGE_BACKBONE.PROMPT_EMBEDDING = ""
 
     # ---- GLIP head: fused DyHead, prediction layers, ATSS, inference ----
     _C.MODEL.GLIP = CN()
@@ -114,6 +117,15 @@ def add_glip_config(cfg):
     _C.DATASETS.GLIP.TRAIN_RATIOS = []
     # JSON file {category name: {"prefix": .., "name": .., "suffix": ..}} of prompt overrides.
     _C.DATASETS.GLIP.PROMPT_OVERRIDES = ""
+    # Train detection sets with their fixed evaluation prompt (all classes in id order, the
+    # dataset's prompt overrides, no negative sampling): official DISABLE_SHUFFLE fine-tuning.
+    _C.DATASETS.GLIP.FIXED_TRAIN_PROMPT = False
+    # k-shot subset of every detection set in DATASETS.TRAIN (0: all images; official rule).
+    _C.DATASETS.GLIP.FEW_SHOT = 0
+    # Image order of the k-shot selection: 0 sorted image ids, else the shuffle seed.
+    _C.DATASETS.GLIP.FEW_SHOT_SEED = 0
+    # COCO-format sets to register before training/evaluation: [[name, json_file, image_root]].
+    _C.DATASETS.GLIP.REGISTER_COCO = []
 
     # ---- Solver ----
     _C.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"

@@ -19,7 +19,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.modeling import build_model
 
 from . import modeling  # noqa: F401  (registers GLIPDetector and the backbones)
-from .checkpoint import GLIPCheckpointer, use_text_encoder_from_weights
+from .checkpoint import GLIPCheckpointer, load_prompt_embedding, use_text_encoder_from_weights
 from .data.transforms import GLIPResizeShortestEdge
 from .text import normalize_prompt
 
@@ -39,19 +39,26 @@ class GLIPPredictor:
     call (a prompt with every image, batches of images) all differ from it.
     """
 
-    def __init__(self, cfg, *, ema=False, model=None):
+    def __init__(self, cfg, *, ema=False, model=None, prompt_embedding=None):
         """
         Args:
             cfg (CfgNode): a glip_d2 config.
             ema (bool): from an official file, use ``model_ema`` instead of ``model``.
             model (nn.Module or None): an already built (e.g. just trained) model to run
                 instead of building one and loading ``MODEL.WEIGHTS``; it is put in eval mode.
+            prompt_embedding (str | None): a tuned prompt embedding file loaded after
+                ``MODEL.WEIGHTS`` (default ``MODEL.LANGUAGE_BACKBONE.PROMPT_EMBEDDING``). It
+                changes the tuned prompt only; class names equal to the tuned vocabulary are
+                turned into the tuned caption (glip_d2/checkpoint/prompt_embedding.py).
         """
         self.cfg = cfg.clone()
+        self.cfg.defrost()
+        if prompt_embedding is not None:
+            self.cfg.MODEL.LANGUAGE_BACKBONE.PROMPT_EMBEDDING = str(prompt_embedding)
         if model is None:
-            self.cfg.defrost()
             use_text_encoder_from_weights(self.cfg)
-            self.cfg.freeze()
+        self.cfg.freeze()
+        if model is None:
             model = build_model(self.cfg)
             GLIPCheckpointer(
                 model,
@@ -63,6 +70,8 @@ class GLIPPredictor:
         self.metadata = (
             MetadataCatalog.get(self.cfg.DATASETS.TEST[0]) if len(self.cfg.DATASETS.TEST) else None
         )
+        path = self.cfg.MODEL.LANGUAGE_BACKBONE.PROMPT_EMBEDDING
+        self.prompt_embedding = load_prompt_embedding(self.model, path) if path else None
         self.aug = GLIPResizeShortestEdge(
             [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST],
             self.cfg.INPUT.MAX_SIZE_TEST,
@@ -88,6 +97,8 @@ class GLIPPredictor:
         height, width = original_image.shape[:2]
         image = self.aug.get_transform(original_image).apply_image(original_image)
         image = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
+        if self.prompt_embedding is not None:
+            prompt = self.prompt_embedding.resolve(prompt)
         fields, names = normalize_prompt(prompt, self.default_names)
         return {"image": image, "height": height, "width": width, **fields}, names
 

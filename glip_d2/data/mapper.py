@@ -106,6 +106,7 @@ class GroundingDatasetMapper:
         num_negatives=85,
         full_negative_prob=0.5,
         shuffle_prompt=True,
+        fixed_train_prompt=False,
         default_dataset=None,
         seed=None,
     ):
@@ -114,6 +115,8 @@ class GroundingDatasetMapper:
             augmentations (list): resize augmentations (no flip: it is caption-aware here).
             tokenizer: fast tokenizer for token budgets; needed for detection records.
             flip_prob (float): horizontal flip probability in training.
+            fixed_train_prompt (bool): train detection records with the evaluation prompt (all
+                classes in id order, prompt overrides, no negatives; official DISABLE_SHUFFLE).
             default_dataset (str | None): metadata name for records without "dataset_name".
             seed (int | None): seeds a private RNG for prompts and flips (tests); None uses the
                 global ``random`` module, which D2's loader seeds per worker.
@@ -128,6 +131,7 @@ class GroundingDatasetMapper:
         self.num_negatives = num_negatives
         self.full_negative_prob = full_negative_prob
         self.shuffle_prompt = shuffle_prompt
+        self.fixed_train_prompt = fixed_train_prompt
         self.default_dataset = default_dataset
         self.rng = random.Random(seed) if seed is not None else random
         self._samplers = {}
@@ -157,6 +161,7 @@ class GroundingDatasetMapper:
             "num_negatives": cfg.DATASETS.GLIP.NUM_NEGATIVES,
             "full_negative_prob": cfg.DATASETS.GLIP.FULL_NEGATIVE_PROB,
             "shuffle_prompt": cfg.DATASETS.GLIP.SHUFFLE_PROMPT,
+            "fixed_train_prompt": cfg.DATASETS.GLIP.FIXED_TRAIN_PROMPT,
             "default_dataset": names[0] if len(names) == 1 else None,
         }
 
@@ -178,16 +183,26 @@ class GroundingDatasetMapper:
         name, classes = self._class_names(record)
         if self.tokenizer is None:
             raise ValueError("GroundingDatasetMapper needs a tokenizer for detection prompts")
-        if not self.is_train:
+        if not self.is_train or self.fixed_train_prompt:
             if name not in self._test_prompts:
-                caption, spans = build_detection_prompt(classes, self.separator)
-                self._test_prompts[name] = (
-                    {"caption": caption, "phrase_spans": spans, "phrase_names": list(classes)}
-                    if prompt_fits(self.tokenizer, caption, self.max_query_len)
-                    else {"class_names": list(classes)}
+                self._test_prompts[name] = self._fixed_prompt(name, classes)
+            prompt = copy.deepcopy(self._test_prompts[name])
+            if not self.is_train:
+                return prompt, None
+            if "class_names" in prompt:
+                raise ValueError(
+                    f"DATASETS.GLIP.FIXED_TRAIN_PROMPT: the prompt of all {len(classes)} classes "
+                    f"of {name!r} exceeds MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN="
+                    f"{self.max_query_len} tokens; train it with sampled prompts instead"
                 )
-            return copy.deepcopy(self._test_prompts[name]), None
+            return prompt, {c: c for c in range(len(classes))}
         if name not in self._samplers:
+            if MetadataCatalog.get(name).get("prompt_overrides", None):
+                logger.warning(
+                    f"The prompt overrides of {name!r} apply to its evaluation prompt and, with "
+                    "DATASETS.GLIP.FIXED_TRAIN_PROMPT, to training; sampled training prompts "
+                    "use the plain class names (official: CAPTION_PROMPT needs DISABLE_SHUFFLE)"
+                )
             self._samplers[name] = TrainingPromptSampler(
                 self.tokenizer,
                 classes,
@@ -204,6 +219,21 @@ class GroundingDatasetMapper:
             "phrase_names": [classes[c] for c in phrase_classes],
         }
         return prompt, {c: k for k, c in enumerate(phrase_classes)}
+
+    def _fixed_prompt(self, name, classes):
+        """All classes in id order with the dataset's ``prompt_overrides`` metadata (the official
+        evaluation prompt; docs/OFFICIAL_BEHAVIOURS.md, "Detection prompts and chunks");
+        ``class_names`` (chunked by the model, no overrides) when it exceeds the token limit."""
+        overrides = MetadataCatalog.get(name).get("prompt_overrides", None)
+        caption, spans = build_detection_prompt(classes, self.separator, overrides=overrides)
+        if prompt_fits(self.tokenizer, caption, self.max_query_len):
+            return {"caption": caption, "phrase_spans": spans, "phrase_names": list(classes)}
+        if overrides:
+            logger.warning(
+                f"The prompt of {name!r} exceeds {self.max_query_len} tokens: it is chunked "
+                "from the plain class names and its prompt overrides are not used"
+            )
+        return {"class_names": list(classes)}
 
     @staticmethod
     def _grounding_prompt(record, annos, is_train):

@@ -7,6 +7,7 @@ from .optimizer import (
     glip_optimizer_params,
     maybe_add_full_model_gradient_clipping,
 )
+from .prompt_tuning import PromptEmbeddingSaver, maybe_load_prompt_embedding, tuned_prompt
 from .train_loop import GLIPAMPTrainer, GLIPSimpleTrainer, NonFiniteLossGuard, build_train_loop
 from .trainer import GLIPTrainer, evaluate_checkpoint, setup_cfg
 
@@ -17,11 +18,14 @@ __all__ = [
     "GLIPTrainer",
     "ModelEMA",
     "NonFiniteLossGuard",
+    "PromptEmbeddingSaver",
     "apply_tuning_mode",
     "build_glip_optimizer",
     "build_train_loop",
     "evaluate_checkpoint",
     "glip_optimizer_params",
     "maybe_add_full_model_gradient_clipping",
+    "maybe_load_prompt_embedding",
     "setup_cfg",
+    "tuned_prompt",
 ]

@@ -15,10 +15,12 @@ from detectron2.utils.logger import setup_logger
 from ..checkpoint import GLIPCheckpointer
 from ..config import add_glip_config
 from ..data.build import build_grounding_train_loader
+from ..data.datasets.coco import register_coco_from_cfg
 from ..data.mapper import GroundingDatasetMapper
 from ..evaluation import average_over_datasets, build_glip_evaluator
 from .ema import EMAHook, ModelEMA
 from .optimizer import apply_tuning_mode, build_glip_optimizer
+from .prompt_tuning import PromptEmbeddingSaver, maybe_load_prompt_embedding
 from .train_loop import build_train_loop
 
 __all__ = ["GLIPTrainer", "evaluate_checkpoint", "setup_cfg"]
@@ -45,6 +47,7 @@ class GLIPTrainer(DefaultTrainer):
         # modes) and DetectionCheckpointer (here GLIPCheckpointer with the EMA state). So
         # this is DefaultTrainer.__init__'s construction order with those three replaced.
         TrainerBase.__init__(self)
+        register_coco_from_cfg(cfg)
         logger = logging.getLogger("detectron2")
         if not logger.isEnabledFor(logging.INFO):
             setup_logger()
@@ -123,7 +126,8 @@ class GLIPTrainer(DefaultTrainer):
 
     def build_hooks(self):
         """Timer, LR schedule, EMA (before the checkpointer, so checkpoints hold the current
-        average), periodic checkpoints, evaluation (with the EMA weights), writers. No
+        average), periodic checkpoints, the prompt embedding file after prompt tuning,
+        evaluation (with the EMA weights), writers. No
         PreciseBN: GLIP has no BatchNorm statistics to re-estimate."""
         cfg = self.cfg
         ret = [hooks.IterationTimer(), hooks.LRScheduler()]
@@ -131,6 +135,8 @@ class GLIPTrainer(DefaultTrainer):
             ret.append(EMAHook(self.ema, self.model))
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            if cfg.SOLVER.GLIP.TUNING == "prompt":  # the tuned table on its own, at the end
+                ret.append(PromptEmbeddingSaver(cfg))
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._evaluate))
         if comm.is_main_process():
             ret.append(
@@ -145,13 +151,15 @@ class GLIPTrainer(DefaultTrainer):
 
 
 def setup_cfg(args):
-    """get_cfg + add_glip_config + the config file + command-line overrides + default_setup."""
+    """get_cfg + add_glip_config + the config file + command-line overrides + default_setup;
+    registers the ``DATASETS.GLIP.REGISTER_COCO`` sets."""
     cfg = get_cfg()
     add_glip_config(cfg)
     if args.config_file:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    register_coco_from_cfg(cfg)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="glip_d2")
     return cfg
@@ -160,7 +168,8 @@ def setup_cfg(args):
 def evaluate_checkpoint(cfg, resume=False):
     """Evaluate ``MODEL.WEIGHTS`` (or, with ``resume``, the last checkpoint of OUTPUT_DIR).
 
-    With ``SOLVER.EMA.ENABLED`` and an EMA state in the file, its averaged weights are used.
+    With ``SOLVER.EMA.ENABLED`` and an EMA state in the file, its averaged weights are used;
+    ``MODEL.LANGUAGE_BACKBONE.PROMPT_EMBEDDING`` is loaded on top.
     """
     model = GLIPTrainer.build_model(cfg)
     checkpointer = GLIPCheckpointer(
@@ -178,4 +187,5 @@ def evaluate_checkpoint(cfg, resume=False):
     if ema is not None and ema.loaded_from_checkpoint:
         logger.info(f"Evaluating the EMA weights of {path}")
         ema.copy_to(model)
+    maybe_load_prompt_embedding(cfg, model)
     return GLIPTrainer.test(cfg, model)

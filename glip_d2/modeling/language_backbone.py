@@ -8,6 +8,7 @@ Official counterpart: microsoft/GLIP maskrcnn_benchmark/modeling/language_backbo
 bert_model.py, ``BertEncoder``.
 """
 
+import torch
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
@@ -106,7 +107,8 @@ class HFLanguageBackbone(nn.Module):
     ``hidden`` (B, L, D), the last layer (pad rows not zeroed); ``embedded`` (B, L, D) =
     hidden * mask; ``mask`` (B, L), the attention mask.
     With a tunable linear table (prompt tuning), its first L rows are added to both
-    (docs/OFFICIAL_BEHAVIOURS.md, "Text features").
+    (docs/OFFICIAL_BEHAVIOURS.md, "Text features"); with ``tuned_input_ids`` set, only to the
+    rows whose tokens are that prompt.
     """
 
     @configurable
@@ -152,6 +154,9 @@ class HFLanguageBackbone(nn.Module):
             # Linear(D, 1000) so that the weight is (1000, D) as in official checkpoints.
             self.tunable_linear = nn.Linear(model.config.hidden_size, 1000, bias=False)
             nn.init.zeros_(self.tunable_linear.weight)
+        # Token ids (L,) of the prompt a loaded prompt embedding was tuned for; None: the table
+        # applies to every prompt (official). See glip_d2/checkpoint/prompt_embedding.py.
+        self.register_buffer("tuned_input_ids", None, persistent=False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -167,7 +172,7 @@ class HFLanguageBackbone(nn.Module):
             "tokenizer": tokenizer,
             "max_query_len": lb.MAX_QUERY_LEN,
             "freeze": lb.FREEZE,
-            "tunable_linear": lb.TUNABLE_LINEAR,
+            "tunable_linear": lb.TUNABLE_LINEAR or bool(lb.PROMPT_EMBEDDING),
             "weights_from_checkpoint": lb.WEIGHTS_FROM_CHECKPOINT,
         }
 
@@ -222,9 +227,21 @@ class HFLanguageBackbone(nn.Module):
         embedded = hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
         if self.tunable_linear is not None:
             prompt = self.tunable_linear.weight[: hidden.shape[1]].unsqueeze(0)
-            hidden = hidden + prompt
-            embedded = embedded + prompt
+            if self.tuned_input_ids is None:
+                hidden = hidden + prompt
+                embedded = embedded + prompt
+            else:  # only rows holding the tuned prompt; the others stay bit-identical
+                use = self._is_tuned_prompt(input_ids)[:, None, None]
+                hidden = torch.where(use, hidden + prompt, hidden)
+                embedded = torch.where(use, embedded + prompt, embedded)
         return TextFeatures(hidden, embedded, attention_mask)
+
+    def _is_tuned_prompt(self, input_ids):
+        """(B,) bool: which rows of ``input_ids`` (B, L) are the tuned prompt's tokens."""
+        ids = self.tuned_input_ids
+        if input_ids.shape[1] != ids.shape[0]:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return (input_ids == ids.to(input_ids.device)).all(dim=1)
 
 
 def build_language_backbone(cfg):

@@ -1,10 +1,12 @@
-"""Dataset registrations: COCO-format sets, MDETR grounding sets, regions, captions, glip_synth."""
+"""Dataset registrations: COCO-format sets, ODinW, MDETR grounding sets, regions, captions,
+glip_synth."""
 
 from . import builtin  # noqa: F401  registers the predefined datasets
 from .builtin import register_all_glip, register_glip_synth
 from .coco import register_grounding_coco
 from .lvis import lvis_v1_official_names, register_lvis_evaluation
 from .mdetr import load_mdetr_json, register_mdetr_grounding
+from .odinw import odinw_dataset_names, register_odinw
 from .regions import (
     load_pseudo_label_captions,
     load_region_descriptions,
@@ -17,11 +19,13 @@ __all__ = [
     "load_pseudo_label_captions",
     "load_region_descriptions",
     "lvis_v1_official_names",
+    "odinw_dataset_names",
     "register_all_glip",
     "register_glip_synth",
     "register_grounding_coco",
     "register_lvis_evaluation",
     "register_mdetr_grounding",
+    "register_odinw",
     "register_pseudo_label_captions",
     "register_region_descriptions",
 ]

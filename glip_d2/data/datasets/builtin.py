@@ -15,6 +15,7 @@ from ..synthetic import ALL_CLASSES, SEEN_CLASSES
 from .coco import register_grounding_coco
 from .lvis import LVIS_EVALUATION_SETS, register_lvis_evaluation
 from .mdetr import register_mdetr_grounding
+from .odinw import register_odinw
 
 __all__ = ["register_all_glip", "register_glip_synth"]
 
@@ -106,6 +107,7 @@ def register_all_glip(root):
         register_lvis_evaluation(
             name, os.path.join(root, json_file), os.path.join(root, image_root)
         )
+    register_odinw(root)
     register_glip_synth(root)
 
 

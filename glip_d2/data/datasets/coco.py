@@ -3,7 +3,7 @@
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-__all__ = ["register_grounding_coco"]
+__all__ = ["register_coco_from_cfg", "register_grounding_coco"]
 
 
 def _load(json_file, image_root, name):
@@ -25,3 +25,30 @@ def register_grounding_coco(name, json_file, image_root, metadata=None):
     MetadataCatalog.get(name).set(
         json_file=json_file, image_root=image_root, evaluator_type="coco", **(metadata or {})
     )
+
+
+def register_coco_from_cfg(cfg):
+    """Register the ``DATASETS.GLIP.REGISTER_COCO`` sets: ``[[name, json_file, image_root], ...]``.
+
+    Idempotent: a name already registered with the same files is left alone; with other files
+    it is an error, as is a malformed entry.
+    """
+    for i, entry in enumerate(cfg.DATASETS.GLIP.REGISTER_COCO):
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
+            raise ValueError(
+                f"DATASETS.GLIP.REGISTER_COCO[{i}] must be [name, json_file, image_root], "
+                f"got {entry!r}"
+            )
+        name, json_file, image_root = (str(x) for x in entry)
+        if name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(name)
+            if (meta.get("json_file", None), meta.get("image_root", None)) != (
+                json_file,
+                image_root,
+            ):
+                raise ValueError(
+                    f"DATASETS.GLIP.REGISTER_COCO[{i}]: dataset {name!r} is already registered "
+                    f"with json_file={meta.get('json_file', None)!r}; choose another name"
+                )
+            continue
+        register_grounding_coco(name, json_file, image_root)
