@@ -18,7 +18,7 @@ from .prompts import (
     count_prompt_tokens,
     prompt_fits,
 )
-from .spans import check_phrase_spans, check_spans, record_phrases
+from .spans import check_phrase_spans, check_spans, record_phrase_sets, record_phrases
 from .tokenizer import load_tokenizer
 from .user_prompts import normalize_prompt
 
@@ -37,5 +37,6 @@ __all__ = [
     "load_tokenizer",
     "normalize_prompt",
     "prompt_fits",
+    "record_phrase_sets",
     "record_phrases",
 ]

@@ -5,7 +5,7 @@ A phrase is a list of half-open ``[start, end)`` character ranges into its capti
 (docs/DESIGN.md, "input contract").
 """
 
-__all__ = ["check_spans", "check_phrase_spans", "record_phrases"]
+__all__ = ["check_spans", "check_phrase_spans", "record_phrase_sets", "record_phrases"]
 
 
 def _where(where):
@@ -65,6 +65,28 @@ def _overlaps(phrase, spans):
     return any(a < e and s < b for a, b in phrase for s, e in spans)
 
 
+def _phrases_and_own_spans(record, annotations, use_eval_phrases):
+    caption = record.get("caption") or ""
+    where = f"record {record.get('file_name', record.get('image_id'))!r}"
+    own = [check_spans(caption, a["tokens_positive"], where) for a in annotations]
+    phrases = []
+    for spans in own:
+        if spans not in phrases:
+            phrases.append(spans)
+    if use_eval_phrases and record.get("tokens_positive_eval"):
+        phrases = [check_spans(caption, p, where) for p in record["tokens_positive_eval"]]
+    return phrases, own, where
+
+
+def _equal_phrase(phrases, spans):
+    """Index of the phrase whose spans equal ``spans`` (as a list, else as a set), or None."""
+    k = next((k for k, p in enumerate(phrases) if p == spans), None)
+    if k is None:
+        target = {tuple(s) for s in spans}
+        k = next((k for k, p in enumerate(phrases) if {tuple(s) for s in p} == target), None)
+    return k
+
+
 def record_phrases(record, annotations, use_eval_phrases=False):
     """The phrases of a grounding record and the phrase of each of its annotations.
 
@@ -72,9 +94,9 @@ def record_phrases(record, annotations, use_eval_phrases=False):
     ``use_eval_phrases`` (test time) the record's ``tokens_positive_eval`` replaces that list
     when present (MDETR's evaluation phrases, whose order may differ). An annotation belongs to
     the phrase whose spans equal its own (as a list, else as a set), else to the first one that
-    overlaps them. The mapper
-    builds the test prompt and the grounding evaluators find the phrase of a GT box with this
-    one function, so the two always agree.
+    overlaps them. The mapper builds the test prompt with this function and the grounding
+    evaluators find the phrases of a GT box with :func:`record_phrase_sets`, which lists the
+    same phrases, so the two always agree.
 
     Args:
         record (dict): a dataset record with ``caption``.
@@ -85,24 +107,46 @@ def record_phrases(record, annotations, use_eval_phrases=False):
     Raises:
         ValueError: a span outside the caption, or an annotation matching no phrase.
     """
-    caption = record.get("caption") or ""
-    where = f"record {record.get('file_name', record.get('image_id'))!r}"
-    own = [check_spans(caption, a["tokens_positive"], where) for a in annotations]
-    phrases = []
-    for spans in own:
-        if spans not in phrases:
-            phrases.append(spans)
-    if use_eval_phrases and record.get("tokens_positive_eval"):
-        phrases = [check_spans(caption, p, where) for p in record["tokens_positive_eval"]]
+    phrases, own, where = _phrases_and_own_spans(record, annotations, use_eval_phrases)
     box_phrase = []
     for spans in own:
-        k = next((k for k, p in enumerate(phrases) if p == spans), None)
-        if k is None:
-            target = {tuple(s) for s in spans}
-            k = next((k for k, p in enumerate(phrases) if {tuple(s) for s in p} == target), None)
+        k = _equal_phrase(phrases, spans)
         if k is None:
             k = next((k for k, p in enumerate(phrases) if _overlaps(p, spans)), None)
         if k is None:
-            raise ValueError(f"{where}: spans {spans} match no phrase of the caption {caption!r}")
+            raise ValueError(
+                f"{where}: spans {spans} match no phrase of the caption {record.get('caption')!r}"
+            )
         box_phrase.append(k)
     return phrases, box_phrase
+
+
+def record_phrase_sets(record, annotations, use_eval_phrases=True):
+    """Like :func:`record_phrases` (the same phrases), but each annotation grounds *every*
+    phrase it overlaps, for evaluation.
+
+    MDETR's Flickr30K files give one annotation per box, whose ``tokens_positive`` holds every
+    mention of its entity in the sentence ("a man ... the man"), while
+    ``tokens_positive_eval`` holds one phrase per mention (ashkamath/mdetr
+    scripts/pre-training/flickr_combined.py, ``convert``); the official evaluator scores each
+    mention against the entity's boxes (microsoft/GLIP maskrcnn_benchmark/data/datasets/
+    evaluation/flickr/flickr_eval.py, ``Flickr30kEntitiesRecallEvaluator.evaluate``). A phrase
+    equal to the annotation's spans takes it alone; otherwise every overlapping phrase does.
+
+    Returns:
+        (list[list[list[int]]], list[list[int]]): the phrases and, per annotation, the
+        indices of the phrases it grounds (at least one).
+    Raises:
+        ValueError: a span outside the caption, or an annotation matching no phrase.
+    """
+    phrases, own, where = _phrases_and_own_spans(record, annotations, use_eval_phrases)
+    box_phrases = []
+    for spans in own:
+        k = _equal_phrase(phrases, spans)
+        found = [k] if k is not None else [k for k, p in enumerate(phrases) if _overlaps(p, spans)]
+        if not found:
+            raise ValueError(
+                f"{where}: spans {spans} match no phrase of the caption {record.get('caption')!r}"
+            )
+        box_phrases.append(found)
+    return phrases, box_phrases

@@ -3,6 +3,7 @@
 from . import builtin  # noqa: F401  registers the predefined datasets
 from .builtin import register_all_glip, register_glip_synth
 from .coco import register_grounding_coco
+from .flickr_entities import attach_flickr_phrase_types, read_flickr_sentences
 from .lvis import lvis_v1_official_names, register_lvis_evaluation
 from .mdetr import load_mdetr_json, register_mdetr_grounding
 from .regions import (
@@ -13,10 +14,12 @@ from .regions import (
 )
 
 __all__ = [
+    "attach_flickr_phrase_types",
     "load_mdetr_json",
     "load_pseudo_label_captions",
     "load_region_descriptions",
     "lvis_v1_official_names",
+    "read_flickr_sentences",
     "register_all_glip",
     "register_glip_synth",
     "register_grounding_coco",

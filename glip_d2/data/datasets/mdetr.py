@@ -11,6 +11,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
 from ...text import check_spans
+from .flickr_entities import attach_flickr_phrase_types
 
 __all__ = ["load_mdetr_json", "register_mdetr_grounding"]
 
@@ -104,11 +105,22 @@ def load_mdetr_json(json_file, image_root, dataset_name=None, exclude_sources=()
     return records
 
 
-def register_mdetr_grounding(name, json_file, image_root, exclude_sources=(), evaluator_type=""):
-    """Register an MDETR-format grounding set (lazy: nothing is read now)."""
-    DatasetCatalog.register(
-        name, lambda: load_mdetr_json(json_file, image_root, name, exclude_sources)
-    )
+def register_mdetr_grounding(
+    name, json_file, image_root, exclude_sources=(), evaluator_type="", entities_dir=None
+):
+    """Register an MDETR-format grounding set (lazy: nothing is read now).
+
+    ``entities_dir`` (Flickr30K): the Flickr30K Entities folder; when it holds ``Sentences/``
+    the records get ``phrase_types`` (:func:`attach_flickr_phrase_types`).
+    """
+
+    def load():
+        records = load_mdetr_json(json_file, image_root, name, exclude_sources)
+        if entities_dir is not None:
+            attach_flickr_phrase_types(records, entities_dir)
+        return records
+
+    DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(
         json_file=json_file,
         image_root=image_root,
