@@ -22,8 +22,8 @@ def check_spans(caption, spans, where=""):
     Returns:
         list[list[int]]: the spans as ``[start, end]`` int pairs.
     Raises:
-        ValueError: an empty list, a malformed span, or one outside ``0 <= start < end <=
-            len(caption)``.
+        ValueError: an empty list, a malformed span, one outside ``0 <= start < end <=
+            len(caption)``, or spans that cover only whitespace (no token to ground).
     """
     if not isinstance(spans, (list, tuple)) or not spans:
         raise ValueError(f"{_where(where)}expected a non-empty list of [start, end): {spans!r}")
@@ -38,6 +38,10 @@ def check_spans(caption, spans, where=""):
                 f"{len(caption)} characters: {caption!r}"
             )
         out.append([start, end])
+    if not any(caption[start:end].strip() for start, end in out):
+        raise ValueError(
+            f"{_where(where)}spans {out} cover only whitespace of the caption {caption!r}"
+        )
     return out
 
 
