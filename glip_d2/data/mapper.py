@@ -25,6 +25,7 @@ from ..text import (
     load_tokenizer,
     prompt_fits,
     record_phrases,
+    warn_vocabulary,
 )
 from .datasets.checks import box_problem
 from .transforms import GLIPResizeShortestEdge
@@ -186,7 +187,10 @@ class GroundingDatasetMapper:
             raise ValueError("GroundingDatasetMapper needs a tokenizer for detection prompts")
         if not self.is_train:
             if name not in self._test_prompts:
-                caption, spans = build_detection_prompt(classes, self.separator)
+                caption, spans = build_detection_prompt(
+                    classes, self.separator, check_duplicates=False
+                )
+                warn_vocabulary(self.tokenizer, classes)
                 self._test_prompts[name] = (
                     {"caption": caption, "phrase_spans": spans, "phrase_names": list(classes)}
                     if prompt_fits(self.tokenizer, caption, self.max_query_len)

@@ -17,6 +17,7 @@ from .prompts import (
     clean_name,
     count_prompt_tokens,
     prompt_fits,
+    warn_vocabulary,
 )
 from .spans import check_phrase_spans, check_spans, record_phrase_sets, record_phrases
 from .tokenizer import load_tokenizer
@@ -39,4 +40,5 @@ __all__ = [
     "prompt_fits",
     "record_phrase_sets",
     "record_phrases",
+    "warn_vocabulary",
 ]
