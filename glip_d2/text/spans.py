@@ -69,19 +69,6 @@ def _overlaps(phrase, spans):
     return any(a < e and s < b for a, b in phrase for s, e in spans)
 
 
-def _phrases_and_own_spans(record, annotations, use_eval_phrases):
-    caption = record.get("caption") or ""
-    where = f"record {record.get('file_name', record.get('image_id'))!r}"
-    own = [check_spans(caption, a["tokens_positive"], where) for a in annotations]
-    phrases = []
-    for spans in own:
-        if spans not in phrases:
-            phrases.append(spans)
-    if use_eval_phrases and record.get("tokens_positive_eval"):
-        phrases = [check_spans(caption, p, where) for p in record["tokens_positive_eval"]]
-    return phrases, own, where
-
-
 def _equal_phrase(phrases, spans):
     """Index of the phrase whose spans equal ``spans`` (as a list, else as a set), or None."""
     k = next((k for k, p in enumerate(phrases) if p == spans), None)
@@ -111,18 +98,8 @@ def record_phrases(record, annotations, use_eval_phrases=False):
     Raises:
         ValueError: a span outside the caption, or an annotation matching no phrase.
     """
-    phrases, own, where = _phrases_and_own_spans(record, annotations, use_eval_phrases)
-    box_phrase = []
-    for spans in own:
-        k = _equal_phrase(phrases, spans)
-        if k is None:
-            k = next((k for k, p in enumerate(phrases) if _overlaps(p, spans)), None)
-        if k is None:
-            raise ValueError(
-                f"{where}: spans {spans} match no phrase of the caption {record.get('caption')!r}"
-            )
-        box_phrase.append(k)
-    return phrases, box_phrase
+    phrases, sets = record_phrase_sets(record, annotations, use_eval_phrases)
+    return phrases, [found[0] for found in sets]
 
 
 def record_phrase_sets(record, annotations, use_eval_phrases=True):
@@ -143,14 +120,20 @@ def record_phrase_sets(record, annotations, use_eval_phrases=True):
     Raises:
         ValueError: a span outside the caption, or an annotation matching no phrase.
     """
-    phrases, own, where = _phrases_and_own_spans(record, annotations, use_eval_phrases)
+    caption = record.get("caption") or ""
+    where = f"record {record.get('file_name', record.get('image_id'))!r}"
+    own = [check_spans(caption, a["tokens_positive"], where) for a in annotations]
+    phrases = []
+    for spans in own:
+        if spans not in phrases:
+            phrases.append(spans)
+    if use_eval_phrases and record.get("tokens_positive_eval"):
+        phrases = [check_spans(caption, p, where) for p in record["tokens_positive_eval"]]
     box_phrases = []
     for spans in own:
         k = _equal_phrase(phrases, spans)
         found = [k] if k is not None else [k for k, p in enumerate(phrases) if _overlaps(p, spans)]
         if not found:
-            raise ValueError(
-                f"{where}: spans {spans} match no phrase of the caption {record.get('caption')!r}"
-            )
+            raise ValueError(f"{where}: spans {spans} match no phrase of the caption {caption!r}")
         box_phrases.append(found)
     return phrases, box_phrases
