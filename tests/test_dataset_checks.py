@@ -61,6 +61,7 @@ def _set(key, value, image=None, anno=None):
         (_set("bbox", [1, 2, float("inf"), 40], anno=2), "id=2 .*has a NaN or infinite"),
         (_set("bbox", [50, 2, -60, 40], anno=1), r"box \[50, 2, -60, 40\] has a negative width"),
         (_set("bbox", [5, 5, 20, -1], anno=2), "has a negative height"),
+        (_set("bbox", [5, 5, 20], anno=2), r"id=2 .*annotation 0: bbox \[5, 5, 20\] is not 4"),
         (_set("bbox", [500, 2, 30, 40], anno=0), "lies entirely outside the 120x100 image"),
         (_set("tokens_positive", [[5, 6]], anno=0), r"id=1.*\[\[5, 6\]\] cover only whitespace"),
         (_set("tokens_positive_eval", [[[0, 5]], [[14, 30]]], image=0),
