@@ -20,7 +20,8 @@ __all__ = ["register_all_glip", "register_glip_synth"]
 
 _MDETR = "mdetr_annotations"
 _FLICKR_IMAGES = "flickr30k/flickr30k_images"
-# The Flickr30K Entities folder (Sentences/, Annotations/, {train,val,test}.txt): phrase types.
+# The Flickr30K Entities folder (Sentences/, Annotations/, {train,val,test}.txt): phrase types
+# of the val/test sets, for recall per type.
 _FLICKR_ENTITIES = "flickr30k/flickr30k_entities"
 _COCO_2014 = "coco/train2014"
 
@@ -99,7 +100,8 @@ def register_glip_synth(root):
 
 def register_all_glip(root):
     for name, (json_file, image_root, exclude, evaluator) in _PREDEFINED_MDETR.items():
-        entities = os.path.join(root, _FLICKR_ENTITIES) if name.startswith("flickr30k") else None
+        evaluated = name.startswith("flickr30k") and not name.endswith("_train")
+        entities = os.path.join(root, _FLICKR_ENTITIES) if evaluated else None
         register_mdetr_grounding(
             name, _join(root, json_file), _join(root, image_root), exclude, evaluator, entities
         )
