@@ -130,7 +130,11 @@ def test_every_kept_name_covers_a_token(names, max_len, chunk_size):
         assert (pmap.sum(dim=1) >= 1).all()
 
 
-SPAN = st.lists(st.integers(-3, 40), min_size=2, max_size=2)
+_BOUND = st.one_of(
+    *[st.integers(-3, 40)] * 6,
+    st.sampled_from([None, 2.5, 3.0, float("nan"), float("inf"), "3", True]),
+)
+SPAN = st.lists(_BOUND, min_size=1, max_size=3)  # mostly [start, end]; malformed sometimes
 
 
 @FAST

@@ -22,8 +22,9 @@ def check_spans(caption, spans, where=""):
     Returns:
         list[list[int]]: the spans as ``[start, end]`` int pairs.
     Raises:
-        ValueError: an empty list, a malformed span, one outside ``0 <= start < end <=
-            len(caption)``, or spans that cover only whitespace (no token to ground).
+        ValueError: an empty list, a malformed or non-integer span, one outside
+            ``0 <= start < end <= len(caption)``, or spans that cover only whitespace (no
+            token to ground).
     """
     if not isinstance(spans, (list, tuple)) or not spans:
         raise ValueError(f"{_where(where)}expected a non-empty list of [start, end): {spans!r}")
@@ -31,7 +32,14 @@ def check_spans(caption, spans, where=""):
     for span in spans:
         if not isinstance(span, (list, tuple)) or len(span) != 2:
             raise ValueError(f"{_where(where)}span {span!r} is not [start, end] ({caption!r})")
-        start, end = int(span[0]), int(span[1])
+        try:
+            start, end = int(span[0]), int(span[1])
+        except (TypeError, ValueError, OverflowError):
+            start = end = None
+        if start is None or start != span[0] or end != span[1]:  # None, NaN, 2.5, "3"
+            raise ValueError(
+                f"{_where(where)}span {span!r} is not [start, end] of integers ({caption!r})"
+            )
         if not 0 <= start < end <= len(caption):
             raise ValueError(
                 f"{_where(where)}span [{start}, {end}] lies outside the caption of "
