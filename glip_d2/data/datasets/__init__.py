@@ -4,6 +4,7 @@ glip_synth."""
 from . import builtin  # noqa: F401  registers the predefined datasets
 from .builtin import register_all_glip, register_glip_synth
 from .coco import register_grounding_coco
+from .flickr_entities import attach_flickr_phrase_types, read_flickr_sentences
 from .lvis import lvis_v1_official_names, register_lvis_evaluation
 from .mdetr import load_mdetr_json, register_mdetr_grounding
 from .odinw import odinw_dataset_names, register_odinw
@@ -15,11 +16,13 @@ from .regions import (
 )
 
 __all__ = [
+    "attach_flickr_phrase_types",
     "load_mdetr_json",
     "load_pseudo_label_captions",
     "load_region_descriptions",
     "lvis_v1_official_names",
     "odinw_dataset_names",
+    "read_flickr_sentences",
     "register_all_glip",
     "register_glip_synth",
     "register_grounding_coco",

@@ -9,7 +9,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from ...text import check_spans
+from .checks import SpanChecker, check_record_boxes
 
 __all__ = [
     "load_region_descriptions",
@@ -56,6 +56,7 @@ def load_region_descriptions(json_file, image_root, dataset_name=None):
             if dataset_name is not None:
                 record["dataset_name"] = dataset_name
             records.append(record)
+    check_record_boxes(records, json_file)
     logger.info("Loaded %d region records from %s", len(records), json_file)
     return records
 
@@ -72,13 +73,15 @@ def load_pseudo_label_captions(json_file, image_root, dataset_name=None, conf=0.
     with PathManager.open(json_file) as f:
         data = json.load(f)
     records, dropped = [], 0
+    check = SpanChecker(json_file)
     for i, entry in enumerate(data):
         caption = entry.get("caption")
         if not caption:
             raise ValueError(f"{json_file}: record {i} ({entry.get('file_name')}) has no caption")
         annotations = []
         for entity in entry.get("entities", []):
-            spans = check_spans(caption, entity["tokens_positive"], f"{json_file}: record {i}")
+            where = f"{json_file}: image id={entry.get('image_id', i)} ({entry.get('file_name')!r})"
+            spans = check(caption, entity["tokens_positive"], where)
             if len(entity["boxes"]) != len(entity["scores"]):
                 raise ValueError(f"{json_file}: record {i} has boxes and scores of unequal length")
             for box, score in zip(entity["boxes"], entity["scores"], strict=True):
@@ -108,6 +111,8 @@ def load_pseudo_label_captions(json_file, image_root, dataset_name=None, conf=0.
         if dataset_name is not None:
             record["dataset_name"] = dataset_name
         records.append(record)
+    check.report()
+    check_record_boxes(records, json_file)
     logger.info(
         "Loaded %d caption records from %s (%d with < %d boxes over %.2f dropped)",
         len(records),
