@@ -95,6 +95,9 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.CHUNK_SIZE = 0
     # Prompt chunks run through the fused head together, at most this many at once.
     _C.MODEL.GLIP.CHUNK_BATCH = 4
+    # Text features of this many prompt strings kept by each GLIPPredictor (and for one
+    # evaluation run), least recently used dropped first; 0 disables the cache.
+    _C.MODEL.GLIP.PROMPT_CACHE_SIZE = 64
     # Detections kept per prompt pass (chunk) after NMS, before the chunks are concatenated
     # (official MODEL.ATSS.DETECTIONS_PER_IMG; 300 in the official LVIS evaluation); 0: the same
     # as TEST.DETECTIONS_PER_IMAGE. The evaluators apply the final per-image cap.

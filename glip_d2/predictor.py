@@ -11,6 +11,11 @@
 
 The accepted prompt forms are those of :func:`glip_d2.text.normalize_prompt`; ``None`` means the
 ``thing_classes`` of ``cfg.DATASETS.TEST[0]``'s metadata.
+
+The predictor keeps the text features of its last ``MODEL.GLIP.PROMPT_CACHE_SIZE`` prompt
+strings (:class:`~glip_d2.modeling.TextFeatureCache`): a video or an image list with one
+vocabulary, or the chunks of a large one, is encoded once. The cache empties itself when the
+text encoder's weights change (training steps, loading); see the class for the exact rule.
 """
 
 import torch
@@ -21,6 +26,7 @@ from detectron2.modeling import build_model
 from . import modeling  # noqa: F401  (registers GLIPDetector and the backbones)
 from .checkpoint import GLIPCheckpointer, use_text_encoder_from_weights
 from .data.transforms import GLIPResizeShortestEdge
+from .modeling import TextFeatureCache
 from .text import normalize_prompt
 
 __all__ = ["GLIPPredictor", "read_image"]
@@ -60,6 +66,7 @@ class GLIPPredictor:
                 allow_unexpected_keys=self.cfg.MODEL.GLIP.ALLOW_UNEXPECTED_KEYS,
             ).load(self.cfg.MODEL.WEIGHTS)
         self.model = model.eval()
+        self.text_cache = TextFeatureCache(self.cfg.MODEL.GLIP.PROMPT_CACHE_SIZE)
         self.metadata = (
             MetadataCatalog.get(self.cfg.DATASETS.TEST[0]) if len(self.cfg.DATASETS.TEST) else None
         )
@@ -110,7 +117,8 @@ class GLIPPredictor:
         separately: the fusion attention and the global-pooling attentions see zero padding
         (docs/OFFICIAL_BEHAVIOURS.md, "Padding changes detections"), so padding an image to a
         larger batch size would change its detections.
-        Every image thus gets exactly the detections it gets alone.
+        Every image thus gets exactly the detections it gets alone (prompts of different
+        lengths too: padded text tokens have no effect, docs/DESIGN.md "Text length").
 
         Returns:
             list[dict]: one ``{"instances", "phrases"}`` per image.
@@ -122,10 +130,14 @@ class GLIPPredictor:
         groups = {}
         for i, (data, _) in enumerate(prepared):
             groups.setdefault(tuple(data["image"].shape[-2:]), []).append(i)
+        if self.model.training:
+            raise RuntimeError("GLIPPredictor: the model is in training mode; call model.eval()")
         results = [None] * len(images)
-        with torch.no_grad():
+        with torch.inference_mode():
             for indices in groups.values():
-                outputs = self.model([prepared[i][0] for i in indices])
+                outputs = self.model.inference(
+                    [prepared[i][0] for i in indices], text_cache=self.text_cache
+                )
                 for i, out in zip(indices, outputs, strict=True):
                     results[i] = {
                         "instances": out["instances"].to("cpu"),

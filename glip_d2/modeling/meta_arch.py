@@ -148,8 +148,9 @@ class GLIPDetector(nn.Module):
         anchors = [b.tensor for b in self.anchor_generator(features)]
         return features, torch.cat(anchors), [a.shape[0] for a in anchors]
 
-    def _encode_prompts(self, jobs):
-        """Runs the text encoder once per distinct caption.
+    def _encode_prompts(self, jobs, text_cache=None):
+        """Runs the text encoder once per distinct caption (or takes it from ``text_cache``,
+        a :class:`TextFeatureCache`, which is only consulted at inference without gradients).
 
         Returns:
             TextFeatures: over the distinct captions (U, L, ...), and (len(jobs),) int64
@@ -158,8 +159,12 @@ class GLIPDetector(nn.Module):
         distinct = {}
         for job in jobs:
             distinct.setdefault(job.caption, len(distinct))
-        tokens = self.language_backbone.tokenize(list(distinct), device=self.device)
-        text = self.language_backbone(tokens["input_ids"], tokens["attention_mask"])
+        lang = self.language_backbone
+        if text_cache is not None and not self.training and not torch.is_grad_enabled():
+            text = text_cache.encode(lang, list(distinct), self.device)
+        else:
+            tokens = lang.tokenize(list(distinct), device=self.device)
+            text = lang(tokens["input_ids"], tokens["attention_mask"])
         index = torch.tensor([distinct[j.caption] for j in jobs], device=self.device)
         return text, index
 
@@ -217,12 +222,14 @@ class GLIPDetector(nn.Module):
 
     # ---- inference -----------------------------------------------------------------------
 
-    def inference(self, batched_inputs, images=None, do_postprocess=True):
+    def inference(self, batched_inputs, images=None, do_postprocess=True, text_cache=None):
         """Detections per image.
 
         Args:
             images (ImageList or None): already normalised images; default: preprocess.
             do_postprocess (bool): rescale boxes to each input's ``height``/``width``.
+            text_cache (TextFeatureCache or None): text features of earlier calls, used when
+                gradients are off (``GLIPPredictor`` and the evaluation loop pass one).
         Returns:
             list[dict]: ``{"instances": Instances}`` per image.
         """
@@ -234,7 +241,7 @@ class GLIPDetector(nn.Module):
         for i, x in enumerate(batched_inputs):
             jobs.extend(self.prompts.jobs(i, x, allow_chunks=True))
         features, anchors, num_per_level = self._features_and_anchors(images)
-        text, text_index = self._encode_prompts(jobs)
+        text, text_index = self._encode_prompts(jobs, text_cache)
         # One pass per image when there are no chunks; chunks go CHUNK_BATCH at a time.
         group = max(len(batched_inputs), self.chunk_batch)
         per_image = [[] for _ in batched_inputs]
