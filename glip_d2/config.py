@@ -93,8 +93,13 @@ def add_glip_config(cfg):
     # Phrases per text-encoder pass when a vocabulary needs several prompts (0: as many as fit
     # in MAX_QUERY_LEN tokens; the official LVIS evaluation uses 40).
     _C.MODEL.GLIP.CHUNK_SIZE = 0
-    # Prompt chunks run through the fused head together, at most this many at once.
-    _C.MODEL.GLIP.CHUNK_BATCH = 4
+    # Prompt chunks run through the fused head together, at most this many at once. 0: 1 on CPU
+    # (batching chunks buys no speed there and multiplies the head's peak memory), 4 on CUDA.
+    _C.MODEL.GLIP.CHUNK_BATCH = 0
+    # Inference precision: "float32", "bfloat16" (CPU or CUDA) or "float16" (CUDA only), as
+    # autocast over the backbone, text encoder and head; post-processing stays fp32. Used by
+    # GLIPPredictor, the demos and evaluation; training precision is SOLVER.GLIP.BF16_CPU / AMP.
+    _C.MODEL.GLIP.INFERENCE_DTYPE = "float32"
     # Text features of this many prompt strings kept by each GLIPPredictor (and for one
     # evaluation run), least recently used dropped first; 0 disables the cache.
     _C.MODEL.GLIP.PROMPT_CACHE_SIZE = 64

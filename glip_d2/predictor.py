@@ -16,6 +16,7 @@ The predictor keeps the text features of its last ``MODEL.GLIP.PROMPT_CACHE_SIZE
 strings (:class:`~glip_d2.modeling.TextFeatureCache`): a video or an image list with one
 vocabulary, or the chunks of a large one, is encoded once. The cache empties itself when the
 text encoder's weights change (training steps, loading); see the class for the exact rule.
+``MODEL.GLIP.INFERENCE_DTYPE`` selects bf16/fp16 inference.
 """
 
 import torch
