@@ -5,14 +5,14 @@ empties itself when the text encoder's weights change, and is never used in trai
 import numpy as np
 import pytest
 import torch
-from conftest import reference_cfg
-from detection_sets import assert_same_detections
+from conftest import detector_variant, reference_cfg
+from detection_sets import assert_same_instances
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
 from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
 
 from glip_d2.engine import CachedPromptInference
 from glip_d2.modeling import TextFeatureCache
-from glip_d2.modeling.meta_arch import GLIPDetector
 from glip_d2.predictor import GLIPPredictor
 
 THREE = ("a red square. a blue disc. a green ring", [[[2, 12]], [[16, 25]], [[29, 39]]])
@@ -46,10 +46,7 @@ def _equal(a, b):
 
 def _same(a, b):
     assert len(a) > 0
-    assert_same_detections(
-        a.pred_boxes.tensor, a.scores, a.pred_classes,
-        b.pred_boxes.tensor, b.scores, b.pred_classes, box_tol=1e-4, score_tol=1e-5,
-    )  # fmt: skip
+    assert_same_instances(a, b, box_tol=1e-4, score_tol=1e-5)
 
 
 def _uncached(predictor, image, prompt):
@@ -109,6 +106,7 @@ def test_weight_changes_empty_the_cache(model):
 
 def test_not_used_in_training_or_with_gradients(model):
     predictor = GLIPPredictor(_cfg(), model=model)
+    predictor(_image(4), THREE)  # positive maps and text made under torch.inference_mode
     data, _ = predictor.prepare(_image(4), THREE)
     cache = TextFeatureCache(4)
     model.inference([data], text_cache=cache)  # gradients on: no cache
@@ -120,22 +118,20 @@ def test_not_used_in_training_or_with_gradients(model):
         assert len(cache) == 0
         with pytest.raises(RuntimeError, match="training mode"):
             predictor(_image(4), THREE)
+        # Training on the same prompt after the predictor ran: nothing made in inference
+        # mode reaches autograd.
+        inst = Instances((64, 96), gt_boxes=Boxes(torch.tensor([[8.0, 8.0, 40.0, 50.0]])))
+        inst.gt_classes = torch.tensor([1])
+        losses = model([{**data, "instances": inst}])
+        sum(losses.values()).backward()
+        assert model.head.bias0.grad is not None
     finally:
+        model.zero_grad(set_to_none=True)
         model.eval()
 
 
 def test_chunks_of_a_vocabulary_are_encoded_once(model):
-    chunked = GLIPDetector(
-        backbone=model.backbone,
-        language_backbone=model.language_backbone,
-        head=model.head,
-        anchor_generator=model.anchor_generator,
-        loss=model.loss,
-        post_processor=model.post_processor,
-        pixel_mean=model.pixel_mean.flatten().tolist(),
-        pixel_std=model.pixel_std.flatten().tolist(),
-        chunk_size=2,
-    )
+    chunked = detector_variant(model, chunk_size=2)
     cfg = _cfg()
     cfg.MODEL.GLIP.PROMPT_CACHE_SIZE = 8
     predictor = GLIPPredictor(cfg, model=chunked)

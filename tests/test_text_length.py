@@ -10,13 +10,12 @@ the loss puts the [NoObj] target of background anchors).
 
 import pytest
 import torch
-from conftest import reference_cfg
-from detection_sets import assert_same_detections
+from conftest import detector_variant, reference_cfg
+from detection_sets import assert_same_instances
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from glip_d2.modeling.meta_arch import GLIPDetector
 from glip_d2.text import build_detection_prompt
 
 H, W = 64, 96
@@ -73,16 +72,7 @@ def _detect(model, batch, pad_to_max=False):
 
 def _same(a, b):
     assert len(a) > 0
-    assert_same_detections(
-        a.pred_boxes.tensor,
-        a.scores,
-        a.pred_classes,
-        b.pred_boxes.tensor,
-        b.scores,
-        b.pred_classes,
-        box_tol=1e-4,
-        score_tol=1e-5,
-    )
+    assert_same_instances(a, b, box_tol=1e-4, score_tol=1e-5)
 
 
 def test_detections_unpadded_equal_padded(model, prompts):
@@ -165,18 +155,7 @@ def test_chunk_batch_1_and_4_give_the_same_detections(model):
     image = {"image": _image(20), "class_names": names}
     out = {}
     for chunk_batch in (1, 4):
-        variant = GLIPDetector(
-            backbone=model.backbone,
-            language_backbone=model.language_backbone,
-            head=model.head,
-            anchor_generator=model.anchor_generator,
-            loss=model.loss,
-            post_processor=model.post_processor,
-            pixel_mean=model.pixel_mean.flatten().tolist(),
-            pixel_std=model.pixel_std.flatten().tolist(),
-            chunk_size=2,
-            chunk_batch=chunk_batch,
-        ).eval()
+        variant = detector_variant(model, chunk_size=2, chunk_batch=chunk_batch)
         jobs = variant.prompts.jobs(0, image)
         assert len(jobs) == 4 and len({len(j.caption) for j in jobs}) == 4
         (out[chunk_batch],) = _detect(variant, [image])
