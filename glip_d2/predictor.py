@@ -18,6 +18,12 @@ before resizing, with a message saying how to pass it (:mod:`glip_d2.image_input
 (H, W) / (H, W, 1) and RGBA (H, W, 4) arrays (reported with their own shape), ``uint16``,
 ``bool`` and other integer dtypes, torch tensors and PIL images, NaN/Inf values, float values
 outside 0-255, and float images whose values all lie in [0, 1] (a normalised image).
+
+The predictor keeps the text features of its last ``MODEL.GLIP.PROMPT_CACHE_SIZE`` prompt
+strings (:class:`~glip_d2.modeling.TextFeatureCache`): a video or an image list with one
+vocabulary, or the chunks of a large one, is encoded once. The cache empties itself when the
+text encoder's weights change (training steps, loading); see the class for the exact rule.
+``MODEL.GLIP.INFERENCE_DTYPE`` selects bf16/fp16 inference.
 """
 
 import torch
@@ -29,6 +35,7 @@ from . import modeling  # noqa: F401  (registers GLIPDetector and the backbones)
 from .checkpoint import GLIPCheckpointer, load_prompt_embedding, use_text_encoder_from_weights
 from .data.transforms import GLIPResizeShortestEdge
 from .image_input import check_image_array
+from .modeling import TextFeatureCache
 from .text import normalize_prompt
 
 __all__ = ["GLIPPredictor", "read_image"]
@@ -75,6 +82,7 @@ class GLIPPredictor:
                 allow_unexpected_keys=self.cfg.MODEL.GLIP.ALLOW_UNEXPECTED_KEYS,
             ).load(self.cfg.MODEL.WEIGHTS)
         self.model = model.eval()
+        self.text_cache = TextFeatureCache(self.cfg.MODEL.GLIP.PROMPT_CACHE_SIZE)
         self.metadata = (
             MetadataCatalog.get(self.cfg.DATASETS.TEST[0]) if len(self.cfg.DATASETS.TEST) else None
         )
@@ -129,7 +137,8 @@ class GLIPPredictor:
         separately: the fusion attention and the global-pooling attentions see zero padding
         (docs/OFFICIAL_BEHAVIOURS.md, "Padding changes detections"), so padding an image to a
         larger batch size would change its detections.
-        Every image thus gets exactly the detections it gets alone.
+        Every image thus gets exactly the detections it gets alone (prompts of different
+        lengths too: padded text tokens have no effect, docs/DESIGN.md "Text length").
 
         Returns:
             list[dict]: one ``{"instances", "phrases"}`` per image.
@@ -144,10 +153,14 @@ class GLIPPredictor:
         groups = {}
         for i, (data, _) in enumerate(prepared):
             groups.setdefault(tuple(data["image"].shape[-2:]), []).append(i)
+        if self.model.training:
+            raise RuntimeError("GLIPPredictor: the model is in training mode; call model.eval()")
         results = [None] * len(images)
-        with torch.no_grad():
+        with torch.inference_mode():
             for indices in groups.values():
-                outputs = self.model([prepared[i][0] for i in indices])
+                outputs = self.model.inference(
+                    [prepared[i][0] for i in indices], text_cache=self.text_cache
+                )
                 for i, out in zip(indices, outputs, strict=True):
                     results[i] = {
                         "instances": out["instances"].to("cpu"),

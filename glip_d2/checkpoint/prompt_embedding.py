@@ -89,7 +89,9 @@ def save_prompt_embedding(model, path, prompt=None, text_model=""):
         "max_query_len": str(length),
     }
     if prompt is not None:
-        tensors["input_ids"] = lang.tokenize(prompt["caption"])["input_ids"][0].cpu()
+        # Saved padded to MAX_QUERY_LEN (the file's format does not depend on PAD_TO_MAX).
+        tokens = lang.tokenize([prompt["caption"]], pad_to_max=True)
+        tensors["input_ids"] = tokens["input_ids"][0].cpu()
         metadata["prompt"] = json.dumps(
             {k: prompt[k] for k in ("caption", "phrase_spans", "phrase_names")}
         )
@@ -139,7 +141,8 @@ def load_prompt_embedding(model, path):
     ids = None
     if prompt is not None:
         ids = tensors["input_ids"].long()
-        if not torch.equal(lang.tokenize(prompt["caption"])["input_ids"][0], ids):
+        tokens = lang.tokenize([prompt["caption"]], pad_to_max=True)
+        if not torch.equal(tokens["input_ids"][0].cpu(), ids):
             raise ValueError(
                 f"prompt embedding {path}: the model's tokenizer splits the tuned caption "
                 f"{prompt['caption']!r} differently than the tokenizer it was tuned with "
@@ -149,7 +152,9 @@ def load_prompt_embedding(model, path):
     with torch.no_grad():
         table.zero_()
         table[: weight.shape[0]].copy_(weight.to(table))
-    lang.tuned_input_ids = None if ids is None else ids.to(table.device)
+    if ids is not None:  # the real tokens only: prompts are matched at any text length
+        ids = ids[tokens["attention_mask"][0].cpu().bool()].to(table.device)
+    lang.tuned_input_ids = ids
     if prompt is None:
         logger.warning(f"{path} records no prompt: its offsets apply to every prompt")
     else:

@@ -1,6 +1,7 @@
 """Training: the GLIP trainer, optimizer/param groups, EMA, the step loop."""
 
 from .ema import EMAHook, ModelEMA
+from .inference import CachedPromptInference
 from .optimizer import (
     apply_tuning_mode,
     build_glip_optimizer,
@@ -12,6 +13,7 @@ from .train_loop import GLIPAMPTrainer, GLIPSimpleTrainer, NonFiniteLossGuard, b
 from .trainer import GLIPTrainer, evaluate_checkpoint, setup_cfg
 
 __all__ = [
+    "CachedPromptInference",
     "EMAHook",
     "GLIPAMPTrainer",
     "GLIPSimpleTrainer",

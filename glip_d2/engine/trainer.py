@@ -19,6 +19,7 @@ from ..data.datasets.coco import register_coco_from_cfg
 from ..data.mapper import GroundingDatasetMapper
 from ..evaluation import average_over_datasets, build_glip_evaluator
 from .ema import EMAHook, ModelEMA
+from .inference import CachedPromptInference
 from .optimizer import apply_tuning_mode, build_glip_optimizer
 from .prompt_tuning import PromptEmbeddingSaver, maybe_load_prompt_embedding
 from .train_loop import build_train_loop
@@ -113,8 +114,13 @@ class GLIPTrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """D2's ``test`` over ``DATASETS.TEST``, plus the average AP of the ODinW sets."""
-        results = super().test(cfg, model, evaluators)
+        """D2's ``test`` over ``DATASETS.TEST``, plus the average AP of the ODinW sets.
+
+        The model runs in inference mode with one prompt cache for the whole evaluation
+        (:class:`CachedPromptInference`).
+        """
+        runner = CachedPromptInference(model, cfg.MODEL.GLIP.PROMPT_CACHE_SIZE)
+        results = super().test(cfg, runner, evaluators)
         odinw = [
             d
             for d in cfg.DATASETS.TEST
