@@ -21,6 +21,7 @@ from .head import build_glip_head
 from .language_backbone import build_language_backbone
 from .loss import GLIPLoss
 from .postprocess import GLIPPostProcessor, rescale_instances
+from .xvlm import build_xvlm_objectives
 
 __all__ = ["GLIPDetector"]
 
@@ -52,6 +53,7 @@ class GLIPDetector(nn.Module):
         chunk_size=0,
         chunk_batch=4,
         separator=". ",
+        xvlm=None,
     ):
         """
         Args:
@@ -67,6 +69,8 @@ class GLIPDetector(nn.Module):
             chunk_size (int): at most this many class names per prompt (0: as many as fit).
             chunk_batch (int): prompt chunks run through the head together at most.
             separator (str): joins class names in detection prompts.
+            xvlm (XVLMObjectives or None): X-VLM's extra training losses (docs/XVLM.md); None
+                (every MODEL.GLIP.XVLM weight 0) keeps the official parameter set.
         """
         super().__init__()
         self.backbone = backbone
@@ -76,6 +80,7 @@ class GLIPDetector(nn.Module):
         self.loss = loss
         self.post_processor = post_processor
         self.size_divisibility = size_divisibility
+        self.xvlm = xvlm  # None adds no parameter: state_dict keys stay the official ones
         self.chunk_batch = max(int(chunk_batch), 1)
         self.prompts = PromptJobBuilder(
             language_backbone.tokenizer,
@@ -111,6 +116,7 @@ class GLIPDetector(nn.Module):
             "chunk_size": cfg.MODEL.GLIP.CHUNK_SIZE,
             "chunk_batch": cfg.MODEL.GLIP.CHUNK_BATCH,
             "separator": cfg.DATASETS.GLIP.SEPARATOR,
+            "xvlm": build_xvlm_objectives(cfg, ordered, language_backbone),
         }
 
     @property
@@ -203,7 +209,20 @@ class GLIPDetector(nn.Module):
         text, text_index = self._encode_prompts(jobs)
         text = text.index_select(text_index)
         outputs = self._run_head(features, text, list(range(len(jobs))))
-        return self.loss(outputs, anchors, num_per_level, gt_boxes, gt_maps, text.mask)
+        losses = self.loss(outputs, anchors, num_per_level, gt_boxes, gt_maps, text.mask)
+        # ---- X-VLM objectives (issue #17, glip_d2/modeling/xvlm/): off unless configured ----
+        if self.xvlm is not None:
+            losses.update(
+                self.xvlm(
+                    batched_inputs,
+                    jobs,
+                    features,
+                    images.image_sizes,
+                    language_backbone=self.language_backbone,
+                    head=self.head,
+                )
+            )
+        return losses
 
     # ---- inference -----------------------------------------------------------------------
 
