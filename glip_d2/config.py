@@ -151,4 +151,8 @@ def add_glip_config(cfg):
     _C.TEST.GLIP.LVIS_FIXED_AP = False
     # Flickr30K recall against each GT box ("separate") or a phrase's enclosing box ("merged").
     _C.TEST.GLIP.FLICKR_GT_TYPE = "separate"
+    # Caption retrieval (evaluator_type "retrieval"): re-rank each query's best K candidates by
+    # ITM (0: ITC scores only).
+    _C.TEST.GLIP.RETRIEVAL_ITM_TOP_K = 0
+    _C.TEST.GLIP.RETRIEVAL_BATCH_SIZE = 4  # images per forward pass in retrieval evaluation
     return cfg

@@ -3,6 +3,7 @@ checkpointer, EMA and evaluators; and the config setup shared by ``train_net.py`
 
 import logging
 import weakref
+from collections import OrderedDict
 from contextlib import nullcontext
 
 from detectron2.config import get_cfg
@@ -19,6 +20,7 @@ from ..data.mapper import GroundingDatasetMapper
 from ..evaluation import average_over_datasets, build_glip_evaluator
 from .ema import EMAHook, ModelEMA
 from .optimizer import apply_tuning_mode, build_glip_optimizer
+from .retrieval import add_retrieval_results, split_retrieval_sets
 from .train_loop import build_train_loop
 
 __all__ = ["GLIPTrainer", "evaluate_checkpoint", "setup_cfg"]
@@ -110,8 +112,15 @@ class GLIPTrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """D2's ``test`` over ``DATASETS.TEST``, plus the average AP of the ODinW sets."""
-        results = super().test(cfg, model, evaluators)
+        """D2's ``test`` over ``DATASETS.TEST``, plus the average AP of the ODinW sets; caption
+        retrieval sets (evaluator_type "retrieval") go to ``evaluate_retrieval``."""
+        detection_cfg, retrieval = split_retrieval_sets(cfg)
+        if retrieval and evaluators is not None:
+            raise ValueError(
+                "GLIPTrainer.test: pass no evaluators when DATASETS.TEST has retrieval sets"
+            )
+        detection = list(detection_cfg.DATASETS.TEST)
+        results = super().test(detection_cfg, model, evaluators) if detection else OrderedDict()
         odinw = [
             d
             for d in cfg.DATASETS.TEST
@@ -119,7 +128,7 @@ class GLIPTrainer(DefaultTrainer):
         ]
         if len(odinw) > 1 and comm.is_main_process():
             results = average_over_datasets(results, odinw)
-        return results
+        return add_retrieval_results(results, cfg, model, detection, retrieval)
 
     def build_hooks(self):
         """Timer, LR schedule, EMA (before the checkpointer, so checkpoints hold the current

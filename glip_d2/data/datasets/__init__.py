@@ -1,6 +1,7 @@
-"""Dataset registrations: COCO-format sets, MDETR grounding sets, regions, captions, glip_synth."""
+"""Dataset registrations: COCO-format sets, MDETR grounding sets, regions, captions, glip_synth,
+caption retrieval sets."""
 
-from . import builtin  # noqa: F401  registers the predefined datasets
+from . import builtin, retrieval  # noqa: F401  registers the predefined datasets
 from .builtin import register_all_glip, register_glip_synth
 from .coco import register_grounding_coco
 from .lvis import lvis_v1_official_names, register_lvis_evaluation
@@ -11,13 +12,21 @@ from .regions import (
     register_pseudo_label_captions,
     register_region_descriptions,
 )
+from .retrieval import (
+    load_caption_retrieval_json,
+    load_grounding_captions,
+    register_caption_retrieval,
+)
 
 __all__ = [
+    "load_caption_retrieval_json",
+    "load_grounding_captions",
     "load_mdetr_json",
     "load_pseudo_label_captions",
     "load_region_descriptions",
     "lvis_v1_official_names",
     "register_all_glip",
+    "register_caption_retrieval",
     "register_glip_synth",
     "register_grounding_coco",
     "register_lvis_evaluation",
