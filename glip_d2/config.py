@@ -112,6 +112,7 @@ def add_glip_config(cfg):
     # Cross-attention layers that fuse text with the pyramid for ITM/MLM when the head has no
     # deep fusion (GLIP-T (A) layout); with EARLY_FUSE the head's own tower fuses.
     _C.MODEL.GLIP.XVLM.FUSION_LAYERS = 1
+    _C.MODEL.GLIP.XVLM.FUSION_MIN_STRIDE = 16  # its visual tokens: levels of stride >= this
     _C.MODEL.GLIP.XVLM.ROI_SIZE = 7  # roi_align output side for box embeddings
 
     # ---- Input ----

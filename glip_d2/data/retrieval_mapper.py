@@ -1,14 +1,12 @@
 """Retrieval record -> model input: the image only, resized as at test time (captions are read
 from the records by the retrieval evaluation, not by the model's forward)."""
 
-import copy
-
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from .mapper import read_record_image
 from .transforms import GLIPResizeShortestEdge
 
 __all__ = ["RetrievalImageMapper"]
@@ -33,16 +31,7 @@ class RetrievalImageMapper:
         }
 
     def __call__(self, record):
-        record = copy.copy(record)
-        file_name = record.get("file_name")
-        try:
-            image = utils.read_image(file_name, format=self.image_format)
-        except (OSError, ValueError) as e:
-            raise ValueError(
-                f"Cannot read image {file_name!r} of retrieval record "
-                f"image_id={record.get('image_id')}: {e}"
-            ) from e
-        utils.check_image_size(record, image)
+        image = read_record_image(record, self.image_format)
         height, width = image.shape[:2]
         aug_input = T.AugInput(image)
         self.augmentations(aug_input)

@@ -63,24 +63,34 @@ class _CrossLayer(nn.Module):
 class CrossAttentionFusion(nn.Module):
     """Text tokens attend to the pyramid's locations (for heads without deep fusion).
 
-    Visual tokens are the P3..P7 locations (padding masked out) projected to the text width,
-    plus a learned embedding of their level and a linear embedding of their centre in
-    image-relative coordinates (captions say "left of").
+    Visual tokens are the locations of the levels with stride >= ``min_stride`` (P4..P7 by
+    default: 340 tokens for a 256x256 image; P3 would add 1024 more, and at GLIP-T's 800x1333
+    over 20 000), padding masked out, projected to the text width, plus a learned embedding of
+    their level and a linear embedding of their centre in image-relative coordinates (captions
+    say "left of"). They are computed once per image and shared by the image's pairs.
     """
 
-    def __init__(self, visual_channels, text_config, num_levels, num_layers=1):
+    def __init__(self, visual_channels, text_config, strides, min_stride=16, num_layers=1):
         """
         Args:
             visual_channels (int): the pyramid's width.
             text_config: the text encoder's transformers config (hidden_size,
                 num_attention_heads, intermediate_size, hidden_dropout_prob).
-            num_levels (int): pyramid levels.
+            strides (list[int]): the pyramid's strides, level order.
+            min_stride (int): the finest level read.
             num_layers (int): cross layers.
         """
         super().__init__()
+        self.levels = [i for i, s in enumerate(strides) if s >= min_stride]
+        if not self.levels:
+            raise ValueError(
+                f"MODEL.GLIP.XVLM.FUSION_MIN_STRIDE={min_stride} leaves none of the pyramid's "
+                f"levels (strides {list(strides)})"
+            )
+        self.strides = [strides[i] for i in self.levels]
         width = text_config.hidden_size
         self.visual_proj = nn.Linear(visual_channels, width)
-        self.level_embed = nn.Parameter(torch.zeros(num_levels, width))
+        self.level_embed = nn.Parameter(torch.zeros(len(self.levels), width))
         nn.init.normal_(self.level_embed, std=0.02)
         self.position_proj = nn.Linear(2, width)
         self.layers = nn.ModuleList(
@@ -95,29 +105,36 @@ class CrossAttentionFusion(nn.Module):
             ]
         )
 
-    def forward(self, features, masks, strides, image_sizes, text):
-        """
-        Args:
-            features (list[Tensor]): per level (P, C, H_l, W_l), one image per pair.
-            masks (list[Tensor]): per level (P, H_l, W_l) bool, True inside the image.
-            strides (list[int]): per level stride.
-            image_sizes (list[(h, w)]): per pair the image's size before padding.
-            text (TextFeatures): (P, L, D) text per pair.
-        Returns:
-            Tensor: (P, L, D) fused text features.
-        """
+    def visual_tokens(self, features, masks, image_sizes):
+        """(B, N, D) visual tokens and (B, N) bool padding of each image."""
+        features = [features[i] for i in self.levels]
         sizes = torch.tensor(image_sizes, dtype=torch.float32, device=features[0].device)
-        wh = sizes.flip(1)[:, None, None, :]  # (P, 1, 1, 2): (w, h)
+        wh = sizes.flip(1)[:, None, None, :]  # (B, 1, 1, 2): (w, h)
         tokens = []
-        for level, (f, stride) in enumerate(zip(features, strides, strict=True)):
+        for k, (f, stride) in enumerate(zip(features, self.strides, strict=True)):
             ys = (torch.arange(f.shape[2], device=f.device) + 0.5) * stride
             xs = (torch.arange(f.shape[3], device=f.device) + 0.5) * stride
             grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (H, W, 2) x, y
-            rel = grid[None] / wh  # (P, H, W, 2) centres relative to the image
-            embed = self.position_proj(rel) + self.level_embed[level]
-            tokens.append(embed.permute(0, 3, 1, 2))  # (P, D, H, W)
+            rel = grid[None] / wh  # (B, H, W, 2) centres relative to the image
+            embed = self.position_proj(rel) + self.level_embed[k]
+            tokens.append(embed.permute(0, 3, 1, 2))  # (B, D, H, W)
         visual = self.visual_proj(flatten_levels(features)) + flatten_levels(tokens)
-        visual_pad = ~torch.cat([m.flatten(1) for m in masks], dim=1)
+        pad = ~torch.cat([masks[i].flatten(1) for i in self.levels], dim=1)
+        return visual, pad
+
+    def forward(self, features, masks, image_sizes, rows, text):
+        """
+        Args:
+            features (list[Tensor]): per level (B, C, H_l, W_l), all P3..P7.
+            masks (list[Tensor]): per level (B, H_l, W_l) bool, True inside the image.
+            image_sizes (list[(h, w)]): per image its size before padding.
+            rows (LongTensor): (P,) the image of each pair.
+            text (TextFeatures): (P, L, D) the text of each pair.
+        Returns:
+            Tensor: (P, L, D) fused text features.
+        """
+        visual, visual_pad = self.visual_tokens(features, masks, image_sizes)
+        visual, visual_pad = visual.index_select(0, rows), visual_pad.index_select(0, rows)
         x, text_pad = text.hidden, text.mask == 0
         for layer in self.layers:
             x = layer(x, text_pad, visual.to(x.dtype), visual_pad)

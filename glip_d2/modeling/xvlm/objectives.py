@@ -17,6 +17,8 @@ granularity lives in one space (X-VLM). The texts come from the detection batch 
 has no ``xvlm.*`` parameter.
 """
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +32,25 @@ from .texts import image_text, phrase_text, text_key
 __all__ = ["XVLMObjectives", "build_xvlm_objectives"]
 
 TEMPERATURE_RANGE = (0.001, 0.5)  # X-VLM clamps its learnable temperature to this range
+
+
+class Pyramid(NamedTuple):
+    """A batch's pyramid: ``features`` per level (B, C, H_l, W_l), ``masks`` per level
+    (B, H_l, W_l) True inside each image, ``image_sizes`` [(h, w)] before padding."""
+
+    features: list
+    masks: list
+    image_sizes: list
+
+
+class _ImagePairs(NamedTuple):
+    """The batch's (image, image text) pairs: image index, text, ITC embeddings, text keys."""
+
+    rows: list
+    texts: list
+    visual: torch.Tensor
+    text: torch.Tensor
+    keys: torch.Tensor
 
 
 class XVLMObjectives(nn.Module):
@@ -51,6 +72,7 @@ class XVLMObjectives(nn.Module):
         mlm_prob=0.15,
         mlm_max_masks=10,
         fusion_layers=1,
+        fusion_min_stride=16,
         roi_size=7,
         separator=". ",
         mlm_head_state=None,
@@ -65,7 +87,8 @@ class XVLMObjectives(nn.Module):
             *_weight (float): loss weights; 0 leaves the objective (and its parameters) out.
             embed_dim (int): ITC embedding width; temperature: its initial value.
             mlm_prob, mlm_max_masks: masked tokens per text (:func:`mask_tokens`).
-            fusion_layers (int): layers of the added cross encoder.
+            fusion_layers (int): layers of the added cross encoder; fusion_min_stride: the
+                finest pyramid level it reads.
             roi_size (int): RoIAlign bins per side for box embeddings.
             separator (str): the detection prompts' separator (label lists, :mod:`.texts`).
             mlm_head_state (dict | None): pretrained ``cls.predictions`` weights of the text model.
@@ -91,7 +114,7 @@ class XVLMObjectives(nn.Module):
             self.box_pooler = BoxPooler(self.strides, roi_size)
         if (itm_weight > 0 or mlm_weight > 0) and not deep_fusion:
             self.fusion = CrossAttentionFusion(
-                visual_channels, text_config, len(self.strides), fusion_layers
+                visual_channels, text_config, self.strides, fusion_min_stride, fusion_layers
             )
         if itm_weight > 0:
             self.itm_head = MatchHead(visual_channels, text_width)
@@ -115,43 +138,60 @@ class XVLMObjectives(nn.Module):
 
     def image_embeddings(self, features, image_sizes):
         """(B, E) ITC embeddings of the images whose pyramid is ``features``."""
-        masks = valid_location_masks(features, image_sizes, self.strides)
+        masks = self.pyramid(features, image_sizes).masks
         return self.embed_pooled_visual(pool_pyramid(features, masks))
 
     @staticmethod
-    def encode_texts(language_backbone, texts):
-        """The text encoder's TextFeatures (T, L, D) of ``texts`` (list[str])."""
+    def tokenize(language_backbone, texts):
+        """``input_ids``/``attention_mask`` (T, L) of ``texts`` padded to the longest of them
+        (at most MAX_QUERY_LEN): these short texts need not be padded like prompts."""
         device = next(language_backbone.parameters()).device
-        tokens = language_backbone.tokenize(list(texts), device=device)
+        enc = language_backbone.tokenizer(
+            list(texts),
+            max_length=language_backbone.max_query_len,
+            padding="longest",
+            truncation=True,
+            return_tensors="pt",
+        )
+        return {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
+
+    @classmethod
+    def encode_texts(cls, language_backbone, texts):
+        """The text encoder's TextFeatures (T, L, D) of ``texts`` (list[str])."""
+        tokens = cls.tokenize(language_backbone, texts)
         return language_backbone(tokens["input_ids"], tokens["attention_mask"])
 
     def text_embeddings(self, language_backbone, texts):
         """(T, E) ITC embeddings of ``texts``."""
         return self.embed_text_features(self.encode_texts(language_backbone, texts))
 
-    def fused(self, features, masks, image_sizes, rows, text, head):
-        """Fused (pooled visual (P, C), text tokens (P, L, D)) of the pairs (image ``rows[p]``,
-        text ``p``); ``text`` is the encoder's TextFeatures (P, L, D)."""
-        index = torch.as_tensor(rows, dtype=torch.long, device=features[0].device)
-        feats = [f.index_select(0, index) for f in features]
-        pair_masks = [m.index_select(0, index) for m in masks]
-        if self.deep_fusion:
-            feats, hidden = run_head_tower(head, feats, text)
-        else:
-            sizes = [image_sizes[r] for r in index.tolist()]
-            hidden = self.fusion(feats, pair_masks, self.strides, sizes, text)
-        return pool_pyramid(feats, pair_masks), hidden
+    def pyramid(self, features, image_sizes):
+        """The :class:`Pyramid` of ``features`` with the masks of the images' own locations."""
+        return Pyramid(
+            features, valid_location_masks(features, image_sizes, self.strides), image_sizes
+        )
 
-    def match_logits(self, features, masks, image_sizes, rows, text, head):
+    def fused(self, pyramid, rows, text, head):
+        """Fused (pooled visual (P, C), text tokens (P, L, D)) of the pairs (image ``rows[p]``
+        of ``pyramid``, text ``p``); ``text`` is the encoder's TextFeatures (P, L, D)."""
+        index = torch.as_tensor(rows, dtype=torch.long, device=pyramid.features[0].device)
+        if self.deep_fusion:
+            feats = [f.index_select(0, index) for f in pyramid.features]
+            masks = [m.index_select(0, index) for m in pyramid.masks]
+            feats, hidden = run_head_tower(head, feats, text)
+            return pool_pyramid(feats, masks), hidden
+        hidden = self.fusion(pyramid.features, pyramid.masks, pyramid.image_sizes, index, text)
+        return pool_pyramid(pyramid.features, pyramid.masks).index_select(0, index), hidden
+
+    def match_logits(self, pyramid, rows, text, head):
         """(P,) ITM logits of the pairs (image ``rows[p]``, text ``p``)."""
-        visual, hidden = self.fused(features, masks, image_sizes, rows, text, head)
+        visual, hidden = self.fused(pyramid, rows, text, head)
         return self.itm_head(visual.float(), mean_over_tokens(hidden, text.mask).float())
 
     def match_scores(self, features, image_sizes, rows, texts, language_backbone, head):
         """(P,) ITM logits of (image ``rows[p]`` of ``features``, ``texts[p]``) (retrieval)."""
-        masks = valid_location_masks(features, image_sizes, self.strides)
         text = self.encode_texts(language_backbone, texts)
-        return self.match_logits(features, masks, image_sizes, rows, text, head)
+        return self.match_logits(self.pyramid(features, image_sizes), rows, text, head)
 
     # ---- training ------------------------------------------------------------------------
 
@@ -185,7 +225,7 @@ class XVLMObjectives(nn.Module):
         position = {t: i for i, t in enumerate(distinct)}
         encoded = self.encode_texts(language_backbone, distinct) if distinct else None
         device = features[0].device
-        masks = valid_location_masks(features, image_sizes, self.strides)
+        pyramid = self.pyramid(features, image_sizes)
         losses = {}
 
         if self.weights["itc"] > 0 or self.weights["itc_box"] > 0:
@@ -193,12 +233,18 @@ class XVLMObjectives(nn.Module):
             text_emb = self.embed_text_features(encoded) if encoded is not None else None
         if self.weights["itc"] > 0:
             rows = torch.tensor(image_rows, dtype=torch.long, device=device)
-            pooled = pool_pyramid(features, masks).index_select(0, rows)
-            image_emb = self.embed_pooled_visual(pooled)
-            image_text_emb = self._rows(text_emb, image_texts, position, image_emb)
-            image_keys = torch.tensor([text_key(t) for t in image_texts], dtype=torch.long)
-            image_keys = image_keys.to(device)
-            loss = itc_loss(image_emb, image_text_emb, image_keys, temperature)
+            image_emb = self.embed_pooled_visual(
+                pool_pyramid(features, pyramid.masks).index_select(0, rows)
+            )
+            keys = torch.tensor([text_key(t) for t in image_texts], dtype=torch.long)
+            pairs = _ImagePairs(
+                image_rows,
+                image_texts,
+                image_emb,
+                self._rows(text_emb, image_texts, position, image_emb),
+                keys.to(device),
+            )
+            loss = itc_loss(pairs.visual, pairs.text, pairs.keys, temperature)
             losses["loss_itc"] = self.weights["itc"] * loss
         if self.weights["itc_box"] > 0:
             box_emb = self.embed_pooled_visual(self.box_pooler(features, boxes))
@@ -209,22 +255,11 @@ class XVLMObjectives(nn.Module):
             )
         if self.weights["itm"] > 0:
             losses["loss_itm"] = self.weights["itm"] * self._matching_loss(
-                image_emb,
-                image_text_emb,
-                image_keys,
-                image_rows,
-                image_texts,
-                position,
-                encoded,
-                features,
-                masks,
-                image_sizes,
-                temperature,
-                head,
+                pairs, encoded, position, pyramid, temperature, head
             )
         if self.weights["mlm"] > 0:
             losses["loss_mlm"] = self.weights["mlm"] * self._mlm_loss(
-                image_texts, image_rows, features, masks, image_sizes, language_backbone, head
+                image_texts, image_rows, pyramid, language_backbone, head
             )
         return losses
 
@@ -240,55 +275,38 @@ class XVLMObjectives(nn.Module):
         """0 connected to ``modules``' parameters (DDP expects a gradient for each)."""
         return sum(p.sum() for m in modules for p in m.parameters()) * 0.0
 
-    def _matching_loss(
-        self,
-        image_emb,
-        text_emb,
-        keys,
-        image_rows,
-        image_texts,
-        position,
-        encoded,
-        features,
-        masks,
-        image_sizes,
-        temperature,
-        head,
-    ):
+    def _matching_loss(self, pairs, encoded, position, pyramid, temperature, head):
         """X-VLM's ITM: each (image, its text) pair, each image with a hard negative text and
         each text with a hard negative image (local batch), binary cross-entropy."""
         modules = [self.itm_head] + ([self.fusion] if not self.deep_fusion else [])
-        n = len(image_rows)
+        n = len(pairs.rows)
         if n == 0:
             return self._zero(*modules)
         with torch.no_grad():
-            similarity = image_emb @ text_emb.t() / temperature
-        negative_text = sample_hard_negatives(similarity, keys, keys).tolist()
-        negative_image = sample_hard_negatives(similarity.t(), keys, keys).tolist()
+            similarity = pairs.visual @ pairs.text.t() / temperature
+        negative_text = sample_hard_negatives(similarity, pairs.keys, pairs.keys).tolist()
+        negative_image = sample_hard_negatives(similarity.t(), pairs.keys, pairs.keys).tolist()
         rows, texts, labels = [], [], []
         for i in range(n):
-            rows.append(image_rows[i]), texts.append(image_texts[i]), labels.append(1.0)
+            rows.append(pairs.rows[i]), texts.append(pairs.texts[i]), labels.append(1.0)
             if negative_text[i] >= 0:
-                rows.append(image_rows[i]), texts.append(image_texts[negative_text[i]])
+                rows.append(pairs.rows[i]), texts.append(pairs.texts[negative_text[i]])
                 labels.append(0.0)
             if negative_image[i] >= 0:
-                rows.append(image_rows[negative_image[i]]), texts.append(image_texts[i])
+                rows.append(pairs.rows[negative_image[i]]), texts.append(pairs.texts[i])
                 labels.append(0.0)
-        index = torch.tensor([position[t] for t in texts], device=image_emb.device)
-        logits = self.match_logits(
-            features, masks, image_sizes, rows, encoded.index_select(index), head
-        )
+        index = torch.tensor([position[t] for t in texts], device=pairs.visual.device)
+        logits = self.match_logits(pyramid, rows, encoded.index_select(index), head)
         target = torch.tensor(labels, device=logits.device)
         return F.binary_cross_entropy_with_logits(logits, target)
 
-    def _mlm_loss(self, texts, rows, features, masks, image_sizes, language_backbone, head):
+    def _mlm_loss(self, texts, rows, pyramid, language_backbone, head):
         """Masked copies of the image texts, encoded, fused with their image, predicted."""
         modules = [self.mlm_head] + ([self.fusion] if not self.deep_fusion else [])
         if not texts:
             return self._zero(*modules)
         tokenizer = language_backbone.tokenizer
-        device = features[0].device
-        tokens = language_backbone.tokenize(texts, device=device)
+        tokens = self.tokenize(language_backbone, texts)
         masked, labels = mask_tokens(
             tokens["input_ids"],
             tokens["attention_mask"],
@@ -299,7 +317,7 @@ class XVLMObjectives(nn.Module):
             max_masks=self.mlm_max_masks,
         )
         text = language_backbone(masked, tokens["attention_mask"])
-        _, hidden = self.fused(features, masks, image_sizes, rows, text, head)
+        _, hidden = self.fused(pyramid, rows, text, head)
         selected = labels != IGNORE
         if not selected.any():
             return self._zero(*modules)
@@ -344,6 +362,7 @@ def build_xvlm_objectives(cfg, input_shapes, language_backbone):
         mlm_prob=x.MLM_PROB,
         mlm_max_masks=x.MLM_MAX_MASKS,
         fusion_layers=x.FUSION_LAYERS,
+        fusion_min_stride=x.FUSION_MIN_STRIDE,
         roi_size=x.ROI_SIZE,
         separator=cfg.DATASETS.GLIP.SEPARATOR,
         mlm_head_state=state,
