@@ -220,8 +220,11 @@ class XVLMObjectives(nn.Module):
             boxes.append(inst.gt_boxes.tensor.to(features[0].device))
             box_texts += [phrase_text(job.caption, job.phrase_spans[c]) for c in classes]
 
-        # Every distinct text of the batch goes through the text encoder once.
-        distinct = list(dict.fromkeys(image_texts + box_texts))
+        # Every distinct text ITC/ITM read goes through the text encoder once (MLM encodes its
+        # masked copies itself).
+        wanted = image_texts if self.weights["itc"] > 0 else []
+        wanted = wanted + (box_texts if self.weights["itc_box"] > 0 else [])
+        distinct = list(dict.fromkeys(wanted))
         position = {t: i for i, t in enumerate(distinct)}
         encoded = self.encode_texts(language_backbone, distinct) if distinct else None
         device = features[0].device
