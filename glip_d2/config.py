@@ -113,6 +113,23 @@ def add_glip_config(cfg):
     # Load MODEL.WEIGHTS even when it holds tensors the model does not have (they are dropped).
     _C.MODEL.GLIP.ALLOW_UNEXPECTED_KEYS = False
 
+    # ---- X-VLM objectives (glip_d2/modeling/xvlm/, docs/XVLM.md); weight 0 = off ----
+    # Off in every GLIP config: with all weights 0 the model has no "xvlm.*" parameter.
+    _C.MODEL.GLIP.XVLM = CN()
+    _C.MODEL.GLIP.XVLM.ITC_WEIGHT = 0.0  # image-text contrastive (whole image vs caption)
+    _C.MODEL.GLIP.XVLM.ITC_BOX_WEIGHT = 0.0  # box-phrase contrastive (RoI vs phrase)
+    _C.MODEL.GLIP.XVLM.ITM_WEIGHT = 0.0  # image-text matching with hard negatives (needs ITC)
+    _C.MODEL.GLIP.XVLM.MLM_WEIGHT = 0.0  # masked tokens predicted from image-fused text
+    _C.MODEL.GLIP.XVLM.EMBED_DIM = 256  # shared image/box/text embedding width of ITC
+    _C.MODEL.GLIP.XVLM.TEMPERATURE = 0.07  # initial learnable ITC temperature (X-VLM's)
+    _C.MODEL.GLIP.XVLM.MLM_PROB = 0.15  # share of a text's real tokens masked (at least 1)
+    _C.MODEL.GLIP.XVLM.MLM_MAX_MASKS = 10  # at most this many masked tokens per text
+    # Cross-attention layers that fuse text with the pyramid for ITM/MLM when the head has no
+    # deep fusion (GLIP-T (A) layout); with EARLY_FUSE the head's own tower fuses.
+    _C.MODEL.GLIP.XVLM.FUSION_LAYERS = 1
+    _C.MODEL.GLIP.XVLM.FUSION_MIN_STRIDE = 16  # its visual tokens: levels of stride >= this
+    _C.MODEL.GLIP.XVLM.ROI_SIZE = 7  # roi_align output side for box embeddings
+
     # ---- Input ----
     _C.INPUT.GLIP = CN()
     _C.INPUT.GLIP.FLIP_PROB = 0.5  # horizontal flip; captions swap "left"/"right"
@@ -159,4 +176,8 @@ def add_glip_config(cfg):
     _C.TEST.GLIP.LVIS_FIXED_AP = False
     # Flickr30K recall against each GT box ("separate") or a phrase's enclosing box ("merged").
     _C.TEST.GLIP.FLICKR_GT_TYPE = "separate"
+    # Caption retrieval (evaluator_type "retrieval"): re-rank each query's best K candidates by
+    # ITM (0: ITC scores only).
+    _C.TEST.GLIP.RETRIEVAL_ITM_TOP_K = 0
+    _C.TEST.GLIP.RETRIEVAL_BATCH_SIZE = 4  # images per forward pass in retrieval evaluation
     return cfg

@@ -30,7 +30,7 @@ from ..text import (
 from .datasets.checks import box_problem
 from .transforms import GLIPResizeShortestEdge
 
-__all__ = ["GroundingDatasetMapper", "swap_left_right"]
+__all__ = ["GroundingDatasetMapper", "read_record_image", "swap_left_right"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,20 @@ def swap_left_right(caption, phrase_spans):
 
     spans = [[[move(s, False), move(e, True)] for s, e in phrase] for phrase in phrase_spans]
     return "".join(pieces), spans
+
+
+def read_record_image(record, image_format):
+    """The record's image (H, W, 3) in ``image_format``, checked against the record's
+    ``height``/``width``; an unreadable file is a ValueError naming it and the record."""
+    file_name = record.get("file_name")
+    try:
+        image = utils.read_image(file_name, format=image_format)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"Cannot read image {file_name!r} of record image_id={record.get('image_id')}: {e}"
+        ) from e
+    utils.check_image_size(record, image)
+    return image
 
 
 class GroundingDatasetMapper:
@@ -290,14 +304,7 @@ class GroundingDatasetMapper:
     # ---- main ----------------------------------------------------------------------------
     def __call__(self, dataset_dict):
         record = copy.deepcopy(dataset_dict)
-        file_name = record.get("file_name")
-        try:
-            image = utils.read_image(file_name, format=self.image_format)
-        except (OSError, ValueError) as e:
-            raise ValueError(
-                f"Cannot read image {file_name!r} of record image_id={record.get('image_id')}: {e}"
-            ) from e
-        utils.check_image_size(record, image)
+        image = read_record_image(record, self.image_format)
         height, width = image.shape[:2]
 
         annos = [a for a in record.pop("annotations", []) if a.get("iscrowd", 0) == 0]

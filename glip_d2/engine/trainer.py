@@ -3,6 +3,7 @@ checkpointer, EMA and evaluators; and the config setup shared by ``train_net.py`
 
 import logging
 import weakref
+from collections import OrderedDict
 from contextlib import nullcontext
 
 from detectron2.config import get_cfg
@@ -11,6 +12,7 @@ from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, def
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import GLIPCheckpointer
 from ..config import add_glip_config
@@ -22,6 +24,7 @@ from .ema import EMAHook, ModelEMA
 from .inference import CachedPromptInference
 from .optimizer import apply_tuning_mode, build_glip_optimizer
 from .prompt_tuning import PromptEmbeddingSaver, maybe_load_prompt_embedding
+from .retrieval import add_retrieval_results, split_retrieval_sets
 from .train_loop import build_train_loop
 
 __all__ = ["GLIPTrainer", "evaluate_checkpoint", "setup_cfg"]
@@ -114,13 +117,23 @@ class GLIPTrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """D2's ``test`` over ``DATASETS.TEST``, plus the average AP of the ODinW sets.
+        """D2's ``test`` over ``DATASETS.TEST``, plus the average AP of the ODinW sets; caption
+        retrieval sets (evaluator_type "retrieval") go to ``evaluate_retrieval``.
 
-        The model runs in inference mode with one prompt cache for the whole evaluation
-        (:class:`CachedPromptInference`).
+        The detection sets run in inference mode with one prompt cache for the whole evaluation
+        (:class:`CachedPromptInference`); any other model is called as D2 calls it.
         """
-        runner = CachedPromptInference(model, cfg.MODEL.GLIP.PROMPT_CACHE_SIZE)
-        results = super().test(cfg, runner, evaluators)
+        detection_cfg, retrieval = split_retrieval_sets(cfg)
+        if retrieval and evaluators is not None:
+            raise ValueError(
+                "GLIPTrainer.test: pass no evaluators when DATASETS.TEST has retrieval sets"
+            )
+        detection = list(detection_cfg.DATASETS.TEST)
+        bare = model.module if isinstance(model, DistributedDataParallel) else model
+        runner = model
+        if hasattr(bare, "inference"):
+            runner = CachedPromptInference(model, cfg.MODEL.GLIP.PROMPT_CACHE_SIZE)
+        results = super().test(detection_cfg, runner, evaluators) if detection else OrderedDict()
         odinw = [
             d
             for d in cfg.DATASETS.TEST
@@ -128,7 +141,7 @@ class GLIPTrainer(DefaultTrainer):
         ]
         if len(odinw) > 1 and comm.is_main_process():
             results = average_over_datasets(results, odinw)
-        return results
+        return add_retrieval_results(results, cfg, model, detection, retrieval)
 
     def build_hooks(self):
         """Timer, LR schedule, EMA (before the checkpointer, so checkpoints hold the current

@@ -27,6 +27,7 @@ from .image_checks import check_finite_images
 from .language_backbone import build_language_backbone
 from .loss import GLIPLoss
 from .postprocess import GLIPPostProcessor, rescale_instances
+from .xvlm import build_xvlm_objectives
 
 __all__ = ["GLIPDetector"]
 
@@ -59,6 +60,7 @@ class GLIPDetector(nn.Module):
         chunk_batch=0,
         separator=". ",
         inference_dtype="float32",
+        xvlm=None,
     ):
         """
         Args:
@@ -78,6 +80,8 @@ class GLIPDetector(nn.Module):
             inference_dtype (str): "float32", "bfloat16" or "float16": autocast dtype of the
                 backbone, text encoder and head at inference (post-processing stays fp32);
                 training is not affected. float16 needs CUDA.
+            xvlm (XVLMObjectives or None): X-VLM's extra training losses (docs/XVLM.md); None
+                (every MODEL.GLIP.XVLM weight 0) keeps the official parameter set.
         """
         super().__init__()
         self.backbone = backbone
@@ -91,6 +95,7 @@ class GLIPDetector(nn.Module):
             raise ValueError(f"MODEL.GLIP.CHUNK_BATCH must be >= 0, got {chunk_batch}")
         self.chunk_batch = int(chunk_batch)
         self.inference_dtype = _inference_dtype(inference_dtype)
+        self.xvlm = xvlm  # None adds no parameter: state_dict keys stay the official ones
         self.prompts = PromptJobBuilder(
             language_backbone.tokenizer,
             max_len=language_backbone.max_query_len,
@@ -127,6 +132,7 @@ class GLIPDetector(nn.Module):
             "chunk_batch": cfg.MODEL.GLIP.CHUNK_BATCH,
             "separator": cfg.DATASETS.GLIP.SEPARATOR,
             "inference_dtype": inference_dtype,
+            "xvlm": build_xvlm_objectives(cfg, ordered, language_backbone),
         }
 
     @property
@@ -244,7 +250,20 @@ class GLIPDetector(nn.Module):
             gt_maps.append(pmap[classes].to(self.device))
 
         outputs = self._run_head(features, text, list(range(len(jobs))))
-        return self.loss(outputs, anchors, num_per_level, gt_boxes, gt_maps, text.mask)
+        losses = self.loss(outputs, anchors, num_per_level, gt_boxes, gt_maps, text.mask)
+        # ---- X-VLM objectives (issue #17, glip_d2/modeling/xvlm/): off unless configured ----
+        if self.xvlm is not None:
+            losses.update(
+                self.xvlm(
+                    batched_inputs,
+                    jobs,
+                    features,
+                    images.image_sizes,
+                    language_backbone=self.language_backbone,
+                    head=self.head,
+                )
+            )
+        return losses
 
     # ---- inference -----------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Dataset registrations: COCO-format sets, ODinW, MDETR grounding sets, regions, captions,
-glip_synth."""
+glip_synth, caption retrieval sets."""
 
-from . import builtin  # noqa: F401  registers the predefined datasets
+from . import builtin, retrieval  # noqa: F401  registers the predefined datasets
 from .builtin import register_all_glip, register_glip_synth
 from .coco import register_grounding_coco
 from .flickr_entities import attach_flickr_phrase_types, read_flickr_sentences
@@ -14,9 +14,16 @@ from .regions import (
     register_pseudo_label_captions,
     register_region_descriptions,
 )
+from .retrieval import (
+    load_caption_retrieval_json,
+    load_grounding_captions,
+    register_caption_retrieval,
+)
 
 __all__ = [
     "attach_flickr_phrase_types",
+    "load_caption_retrieval_json",
+    "load_grounding_captions",
     "load_mdetr_json",
     "load_pseudo_label_captions",
     "load_region_descriptions",
@@ -24,6 +31,7 @@ __all__ = [
     "odinw_dataset_names",
     "read_flickr_sentences",
     "register_all_glip",
+    "register_caption_retrieval",
     "register_glip_synth",
     "register_grounding_coco",
     "register_lvis_evaluation",
