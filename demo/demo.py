@@ -21,11 +21,11 @@ import sys
 
 import numpy as np
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
-from detectron2.utils.visualizer import ColorMode, Visualizer
+from detectron2.utils.visualizer import ColorMode
 
 from glip_d2.config import add_glip_config
 from glip_d2.predictor import GLIPPredictor, read_image
+from glip_d2.visualization import detection_records, draw_detections
 
 logger = logging.getLogger("glip_d2.demo")
 
@@ -37,9 +37,6 @@ class VisualizationDemo:
         self.predictor = GLIPPredictor(cfg)
         self.confidence_threshold = confidence_threshold
         self.instance_mode = instance_mode
-        self.metadata = MetadataCatalog.get(
-            cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused"
-        )
 
     def run_on_image(self, image, prompt=None):
         """
@@ -49,29 +46,8 @@ class VisualizationDemo:
             (dict, VisImage, list[dict]): predictor output, drawing (RGB) and the kept detections.
         """
         out = self.predictor(image, prompt)
-        instances = out["instances"]
-        instances = instances[instances.scores >= self.confidence_threshold]
-        phrases = out["phrases"]
-        detections = [
-            {
-                "box_xyxy": [round(float(v), 3) for v in box],
-                "score": round(float(score), 6),
-                "phrase_index": int(label),
-                "phrase": phrases[int(label)],
-            }
-            for box, score, label in zip(
-                instances.pred_boxes.tensor.tolist(),
-                instances.scores.tolist(),
-                instances.pred_classes.tolist(),
-                strict=True,
-            )
-        ]
-        visualizer = Visualizer(image[:, :, ::-1], self.metadata, instance_mode=self.instance_mode)
-        labels = [f"{d['phrase']} {d['score']:.2f}" for d in detections]
-        vis = visualizer.overlay_instances(
-            boxes=instances.pred_boxes.tensor.numpy() if len(instances) else None,
-            labels=labels or None,
-        )
+        detections = detection_records(out, self.confidence_threshold)
+        vis = draw_detections(image[:, :, ::-1], detections, instance_mode=self.instance_mode)
         return out, vis, detections
 
 

@@ -17,20 +17,22 @@ import argparse
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
+from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser
 from detectron2.utils.visualizer import Visualizer
 
 import glip_d2  # noqa: F401  (registers the model and the datasets)
-from glip_d2.data.synthetic import HELDOUT, ensure_glip_synth
+from glip_d2.data.synthetic import HELDOUT
 from glip_d2.engine import GLIPTrainer, setup_cfg
+from glip_d2.predictor import GLIPPredictor, read_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,22 +131,26 @@ def _phrase_spans(caption, phrases):
     return spans
 
 
+def prepare_glip_synth():
+    """Generate glip_synth where glip_d2 registered it, unless a complete copy is there.
+
+    Returns its root folder.
+    """
+    val_images = MetadataCatalog.get("glip_synth_val").image_root  # {root}/images/val
+    root = os.path.dirname(os.path.dirname(val_images))
+    script = REPO / "datasets" / "prepare_glip_synth.py"
+    subprocess.run([sys.executable, str(script), "--root", root], check=True)
+    return root
+
+
 @torch.no_grad()
 def draw_prompt_predictions(cfg, model, image_file, out_file, score_thresh=0.3):
-    """Run ``PROMPT`` on one image and save the drawn detections (score >= score_thresh)."""
+    """Run ``PROMPT`` on one image with ``GLIPPredictor`` (the official test resize) and save
+    the drawn detections (score >= score_thresh)."""
+    predictor = GLIPPredictor(cfg, model=model)
     image = read_image(image_file, format=cfg.INPUT.FORMAT)
-    height, width = image.shape[:2]
-    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    resized = resize.get_transform(image).apply_image(image)
-    inputs = {
-        "image": torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))),
-        "height": height,
-        "width": width,
-        "caption": PROMPT,
-        "phrase_spans": _phrase_spans(PROMPT, PHRASES),
-    }
-    model.eval()
-    instances = model([inputs])[0]["instances"].to("cpu")
+    out = predictor(image, {"caption": PROMPT, "phrase_spans": _phrase_spans(PROMPT, PHRASES)})
+    instances = out["instances"]
     instances = instances[instances.scores >= score_thresh]
     labels = [
         f"{PHRASES[c]} {s:.2f}"
@@ -167,7 +173,7 @@ def draw_prompt_predictions(cfg, model, image_file, out_file, score_thresh=0.3):
 def main(argv=None):
     args = parse_args(argv)
     t_start = time.perf_counter()
-    root = ensure_glip_synth()
+    root = prepare_glip_synth()
     t_data = time.perf_counter() - t_start
 
     targs = default_argument_parser().parse_args(

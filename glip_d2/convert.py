@@ -12,9 +12,11 @@ with weights-only loading: a file holding pickled objects is refused.
 
 import argparse
 import logging
+import os
 import sys
 
 import torch
+from detectron2.config import get_cfg
 
 from .checkpoint import (
     convert_official_state_dict,
@@ -23,6 +25,7 @@ from .checkpoint import (
     load_checkpoint_file,
     select_official_state_dict,
 )
+from .config import add_glip_config
 
 __all__ = ["convert_official_file", "export_official_file", "main"]
 
@@ -45,7 +48,7 @@ def convert_official_file(src, dst, ema=False):
             "'rpn.' or 'language_backbone.body.' keys)"
         )
     converted, dropped = convert_official_state_dict(state_dict)
-    torch.save(
+    _save(
         {
             "model": converted,
             "__author__": f"GLIP official checkpoint ({'model_ema' if ema else 'model'}), "
@@ -65,6 +68,8 @@ def export_official_file(src, dst, cfg=None):
     """
     checkpoint = load_checkpoint_file(src)
     state_dict = checkpoint["model"] if isinstance(checkpoint.get("model"), dict) else checkpoint
+    if is_official_state_dict(state_dict):
+        raise ValueError(f"{src} is already in the official GLIP layout; nothing to export")
     kwargs = {}
     if cfg is not None:
         kwargs = dict(
@@ -73,7 +78,7 @@ def export_official_file(src, dst, cfg=None):
             prior_prob=cfg.MODEL.GLIP.PRIOR_PROB,
         )
     official = glip_d2_to_official(state_dict, module_prefix=True, **kwargs)
-    torch.save({"model": official}, dst)
+    _save({"model": official}, dst)
     return len(official)
 
 
@@ -93,17 +98,45 @@ def _parser():
     return p
 
 
+def _check_paths(args):
+    """Refuse bad paths before reading gigabytes: the messages name the path at fault."""
+    if "://" not in args.src:
+        if not os.path.exists(args.src):
+            raise ValueError(f"source checkpoint {args.src!r} does not exist")
+        if os.path.isdir(args.src):
+            raise ValueError(f"source checkpoint {args.src!r} is a folder, not a file")
+    if os.path.isdir(args.dst):
+        raise ValueError(f"destination {args.dst!r} is a folder; give the output file's name")
+    folder = os.path.dirname(os.path.abspath(args.dst))
+    if not os.path.isdir(folder):
+        raise ValueError(f"destination folder {folder!r} does not exist (for {args.dst!r})")
+    if (
+        os.path.exists(args.src)
+        and os.path.exists(args.dst)
+        and os.path.samefile(args.src, args.dst)
+    ):
+        raise ValueError(f"source and destination are the same file ({args.src!r})")
+    if args.config_file and not os.path.isfile(args.config_file):
+        raise ValueError(f"config file {args.config_file!r} does not exist")
+
+
+def _save(obj, dst):
+    try:
+        torch.save(obj, dst)
+    except (RuntimeError, OSError) as e:  # torch reports a failed open as a RuntimeError
+        raise ValueError(f"cannot write {dst!r}: {str(e).splitlines()[0]}") from e
+
+
 def main(argv=None):
+    """Command-line entry point. Returns 0, or 1 after printing ``error: ...`` for bad input
+    (argparse's own usage errors exit with 2)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        _check_paths(args)
         if args.to_official:
             cfg = None
             if args.config_file:
-                from detectron2.config import get_cfg
-
-                from .config import add_glip_config
-
                 cfg = add_glip_config(get_cfg())
                 cfg.merge_from_file(args.config_file)
             n = export_official_file(args.src, args.dst, cfg)
@@ -114,8 +147,10 @@ def main(argv=None):
                 f"wrote {n} tensors to {args.dst}; dropped {len(dropped)} official keys on "
                 "purpose (regenerated buffers and unused modules)"
             )
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, KeyError, OSError) as e:
+        # KeyError's str() is the repr of its message; print the message itself.
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {message}", file=sys.stderr)
         return 1
     return 0
 

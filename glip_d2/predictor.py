@@ -1,4 +1,5 @@
-"""``GLIPPredictor``: Detectron2's ``DefaultPredictor`` for grounded detection.
+"""``GLIPPredictor``: grounded detection on single images, the way Detectron2's
+``DefaultPredictor`` does plain detection.
 
 ::
 
@@ -8,98 +9,39 @@
     out = predictor(image_bgr, "two dogs play with a red ball")  # noun phrases (spaCy)
     out["instances"].pred_classes  # index into out["phrases"]
 
-A prompt may be
+The accepted prompt forms are those of :func:`glip_d2.text.normalize_prompt`; ``None`` means the
+``thing_classes`` of ``cfg.DATASETS.TEST[0]``'s metadata.
 
-* a list of class names: the model builds the detection prompt ("a. b. c", spec §6.4) and
-  splits a vocabulary longer than the text encoder's 256 tokens into chunks;
-* a caption with explicit phrases: ``{"caption": str, "phrase_spans": [[[start, end), ...],
-  ...]}`` (optional ``"phrases"``: names) or a ``(caption, phrase_spans)`` tuple;
-* a free sentence (``str``): split into noun phrases by :mod:`glip_d2.noun_phrases`;
-* ``None``: the ``thing_classes`` of ``cfg.DATASETS.TEST[0]``'s metadata.
+Images are numpy arrays (H, W, 3) in ``cfg.INPUT.FORMAT`` order, ``uint8`` (as ``cv2.imread``
+and Detectron2's ``DefaultPredictor``) or float with values 0-255. Everything else is refused
+before resizing, with a message saying how to pass it (:mod:`glip_d2.image_input`): grey
+(H, W) / (H, W, 1) and RGBA (H, W, 4) arrays (reported with their own shape), ``uint16``,
+``bool`` and other integer dtypes, torch tensors and PIL images, NaN/Inf values, float values
+outside 0-255, and float images whose values all lie in [0, 1] (a normalised image).
+
+The predictor keeps the text features of its last ``MODEL.GLIP.PROMPT_CACHE_SIZE`` prompt
+strings (:class:`~glip_d2.modeling.TextFeatureCache`): a video or an image list with one
+vocabulary, or the chunks of a large one, is encoded once. The cache empties itself when the
+text encoder's weights change (training steps, loading); see the class for the exact rule.
+``MODEL.GLIP.INFERENCE_DTYPE`` selects bf16/fp16 inference.
 """
 
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
-from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from . import modeling  # noqa: F401  (registers GLIPDetector and the backbones)
-from .checkpoint import GLIPCheckpointer, use_text_encoder_from_weights
+from .checkpoint import GLIPCheckpointer, load_prompt_embedding, use_text_encoder_from_weights
+from .data.transforms import GLIPResizeShortestEdge
+from .image_input import check_image_array
+from .modeling import TextFeatureCache
+from .text import normalize_prompt
 
-__all__ = ["GLIPPredictor", "normalize_prompt"]
-
-
-def _check_spans(caption, spans):
-    if not isinstance(spans, (list, tuple)) or not spans:
-        raise ValueError(f"phrase_spans must be a non-empty list (one entry per phrase): {spans!r}")
-    out = []
-    for k, phrase in enumerate(spans):
-        if not isinstance(phrase, (list, tuple)) or not phrase:
-            raise ValueError(
-                f"phrase_spans[{k}] must be a non-empty list of [start, end): {phrase!r}"
-            )
-        checked = []
-        for span in phrase:
-            if (
-                not isinstance(span, (list, tuple))
-                or len(span) != 2
-                or not 0 <= int(span[0]) < int(span[1]) <= len(caption)
-            ):
-                raise ValueError(
-                    f"phrase_spans[{k}] has span {span!r}, not a [start, end) range inside the "
-                    f"caption of {len(caption)} characters"
-                )
-            checked.append([int(span[0]), int(span[1])])
-        out.append(checked)
-    return out
+__all__ = ["GLIPPredictor", "read_image"]
 
 
-def normalize_prompt(prompt, default_names=None):
-    """Turn any accepted prompt form into the model's input fields and phrase names.
-
-    Returns:
-        (dict, list[str]): either ``{"class_names": [...]}`` or ``{"caption": str,
-        "phrase_spans": [...]}``, and the name of every phrase (class index -> name).
-    Raises:
-        ValueError / TypeError: naming the value at fault.
-    """
-    if prompt is None:
-        if not default_names:
-            raise ValueError(
-                "no prompt given and cfg.DATASETS.TEST[0] has no thing_classes metadata; pass a "
-                "prompt (class names, a caption with phrase_spans, or a sentence)"
-            )
-        prompt = list(default_names)
-    if isinstance(prompt, str):
-        from .noun_phrases import extract_noun_phrases
-
-        names, spans = extract_noun_phrases(prompt)
-        return {"caption": prompt, "phrase_spans": spans}, names
-    if isinstance(prompt, dict):
-        if "caption" not in prompt or "phrase_spans" not in prompt:
-            raise ValueError(
-                f"a dict prompt needs 'caption' and 'phrase_spans' keys, got {sorted(prompt)}"
-            )
-        caption = prompt["caption"]
-        spans = _check_spans(caption, prompt["phrase_spans"])
-        names = prompt.get("phrases") or [caption[p[0][0] : p[0][1]] for p in spans]
-        if len(names) != len(spans):
-            raise ValueError(f"{len(names)} phrase names for {len(spans)} phrase_spans entries")
-        return {"caption": caption, "phrase_spans": spans}, list(names)
-    if isinstance(prompt, tuple) and len(prompt) == 2 and isinstance(prompt[0], str):
-        return normalize_prompt({"caption": prompt[0], "phrase_spans": prompt[1]})
-    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(n, str) for n in prompt):
-        if any(not n.strip() for n in prompt):
-            raise ValueError(f"class names must be non-empty strings: {list(prompt)!r}")
-        return {"class_names": list(prompt)}, list(prompt)
-    raise TypeError(
-        "prompt must be a list of class names, a {'caption', 'phrase_spans'} dict, a "
-        f"(caption, phrase_spans) tuple, a sentence or None; got {prompt!r}"
-    )
-
-
-class GLIPPredictor(DefaultPredictor):
+class GLIPPredictor:
     """Builds the model from ``cfg``, loads ``cfg.MODEL.WEIGHTS`` (official or glip_d2 files),
     and runs single-image or batched inference on BGR (``cfg.INPUT.FORMAT``) numpy images.
 
@@ -107,30 +49,45 @@ class GLIPPredictor(DefaultPredictor):
     ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``); boxes come back in original-image pixels.
     When ``MODEL.WEIGHTS`` holds the text encoder (official files do), the model is built with
     ``MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT``, so nothing is downloaded.
+
+    It does not subclass D2's ``DefaultPredictor``: the resize rule, the checkpointer and the
+    call (a prompt with every image, batches of images) all differ from it.
     """
 
-    def __init__(self, cfg, *, ema=False):
+    def __init__(self, cfg, *, ema=False, model=None, prompt_embedding=None):
         """
         Args:
             cfg (CfgNode): a glip_d2 config.
             ema (bool): from an official file, use ``model_ema`` instead of ``model``.
+            model (nn.Module or None): an already built (e.g. just trained) model to run
+                instead of building one and loading ``MODEL.WEIGHTS``; it is put in eval mode.
+            prompt_embedding (str | None): a tuned prompt embedding file loaded after
+                ``MODEL.WEIGHTS`` (default ``MODEL.LANGUAGE_BACKBONE.PROMPT_EMBEDDING``). It
+                changes the tuned prompt only; class names equal to the tuned vocabulary are
+                turned into the tuned caption (glip_d2/checkpoint/prompt_embedding.py).
         """
-        from .data.transforms import GLIPResizeShortestEdge
-
         self.cfg = cfg.clone()
         self.cfg.defrost()
-        use_text_encoder_from_weights(self.cfg)
+        if prompt_embedding is not None:
+            self.cfg.MODEL.LANGUAGE_BACKBONE.PROMPT_EMBEDDING = str(prompt_embedding)
+        if model is None:
+            use_text_encoder_from_weights(self.cfg)
         self.cfg.freeze()
-        self.model = build_model(self.cfg)
-        self.model.eval()
+        if model is None:
+            model = build_model(self.cfg)
+            GLIPCheckpointer(
+                model,
+                ema=ema,
+                text_encoder_from_checkpoint=self.cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT,
+                allow_unexpected_keys=self.cfg.MODEL.GLIP.ALLOW_UNEXPECTED_KEYS,
+            ).load(self.cfg.MODEL.WEIGHTS)
+        self.model = model.eval()
+        self.text_cache = TextFeatureCache(self.cfg.MODEL.GLIP.PROMPT_CACHE_SIZE)
         self.metadata = (
             MetadataCatalog.get(self.cfg.DATASETS.TEST[0]) if len(self.cfg.DATASETS.TEST) else None
         )
-        GLIPCheckpointer(
-            self.model,
-            ema=ema,
-            text_encoder_from_checkpoint=self.cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT,
-        ).load(self.cfg.MODEL.WEIGHTS)
+        path = self.cfg.MODEL.LANGUAGE_BACKBONE.PROMPT_EMBEDDING
+        self.prompt_embedding = load_prompt_embedding(self.model, path) if path else None
         self.aug = GLIPResizeShortestEdge(
             [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST],
             self.cfg.INPUT.MAX_SIZE_TEST,
@@ -144,25 +101,27 @@ class GLIPPredictor(DefaultPredictor):
         """The class names used when no prompt is given (``DATASETS.TEST[0]`` metadata)."""
         return list(getattr(self.metadata, "thing_classes", None) or [])
 
-    def prepare(self, original_image, prompt=None):
-        """The model input dict of one image and prompt, and the phrase names."""
-        if not hasattr(original_image, "shape") or original_image.ndim != 3:
-            raise ValueError(
-                "expected an (H, W, 3) uint8 image array, got "
-                f"{getattr(original_image, 'shape', type(original_image))}"
-            )
+    def prepare(self, original_image, prompt=None, where="image 0"):
+        """The model input dict of one image and prompt, and the phrase names.
+
+        ``where`` names the image in errors (:func:`~glip_d2.image_input.check_image_array`).
+        """
+        check_image_array(original_image, where)
         if self.input_format == "RGB":  # the model consumes BGR
             original_image = original_image[:, :, ::-1]
         height, width = original_image.shape[:2]
         image = self.aug.get_transform(original_image).apply_image(original_image)
         image = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
+        if self.prompt_embedding is not None:
+            prompt = self.prompt_embedding.resolve(prompt)
         fields, names = normalize_prompt(prompt, self.default_names)
         return {"image": image, "height": height, "width": width, **fields}, names
 
     def __call__(self, original_image, prompt=None):
         """
         Args:
-            original_image (np.ndarray): (H, W, C) image in ``cfg.INPUT.FORMAT`` order.
+            original_image (np.ndarray): (H, W, 3) image in ``cfg.INPUT.FORMAT`` order, uint8
+                or float 0-255 (see the module docstring for what is refused).
             prompt: see the module docstring.
         Returns:
             dict: ``{"instances": Instances, "phrases": list[str]}``; ``pred_classes`` indexes
@@ -176,8 +135,10 @@ class GLIPPredictor(DefaultPredictor):
 
         Images whose resized sizes are equal run through the model together. Others run
         separately: the fusion attention and the global-pooling attentions see zero padding
-        (spec §12.11), so padding an image to a larger batch size would change its detections.
-        Every image thus gets exactly the detections it gets alone.
+        (docs/OFFICIAL_BEHAVIOURS.md, "Padding changes detections"), so padding an image to a
+        larger batch size would change its detections.
+        Every image thus gets exactly the detections it gets alone (prompts of different
+        lengths too: padded text tokens have no effect, docs/DESIGN.md "Text length").
 
         Returns:
             list[dict]: one ``{"instances", "phrases"}`` per image.
@@ -185,14 +146,21 @@ class GLIPPredictor(DefaultPredictor):
         prompts = [None] * len(images) if prompts is None else list(prompts)
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        prepared = [self.prepare(img, p) for img, p in zip(images, prompts, strict=True)]
+        prepared = [
+            self.prepare(img, p, f"image {i}")
+            for i, (img, p) in enumerate(zip(images, prompts, strict=True))
+        ]
         groups = {}
         for i, (data, _) in enumerate(prepared):
             groups.setdefault(tuple(data["image"].shape[-2:]), []).append(i)
+        if self.model.training:
+            raise RuntimeError("GLIPPredictor: the model is in training mode; call model.eval()")
         results = [None] * len(images)
-        with torch.no_grad():
+        with torch.inference_mode():
             for indices in groups.values():
-                outputs = self.model([prepared[i][0] for i in indices])
+                outputs = self.model.inference(
+                    [prepared[i][0] for i in indices], text_cache=self.text_cache
+                )
                 for i, out in zip(indices, outputs, strict=True):
                     results[i] = {
                         "instances": out["instances"].to("cpu"),

@@ -1,4 +1,4 @@
-"""Official GLIP state-dict keys and shapes generated from the key table (spec §9.2).
+"""Official GLIP state-dict keys and shapes (the layout of docs/DESIGN.md, "Parameter layout").
 
 Used by the checkpoint tests to build official-layout state dicts of any size without a real
 checkpoint; ``test_checkpoint.py`` checks the generator against the reference file's keys.

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The official outputs live beside the development checkout (../shared); a user's clone has
-# none, and the tests that need them skip with that reason.
+# Outputs of the official implementation on a small model (docs/DESIGN.md, "Official reference
+# outputs"): a data folder outside the repository; without it the tests that need it skip.
 REFERENCE_DIR = Path(
     os.environ.get(
         "GLIP_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference" / "official_glip_small"
@@ -31,12 +31,14 @@ def load_reference(reference_dir, name):
 
 
 def reference_cfg():
-    """A config with the sizes of the official reference model (its README, "The model")."""
+    """A config with the sizes of the official reference model (docs/DESIGN.md, "Official
+    reference outputs")."""
     from detectron2.config import get_cfg
 
     from glip_d2.config import add_glip_config
 
     cfg = add_glip_config(get_cfg())
+    cfg.merge_from_file(str(REPO_ROOT / "configs" / "Base-GLIP.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.SWIN.EMBED_DIM = 48
@@ -61,3 +63,22 @@ def reference_state_dict(reference_dir):
     official = load_reference(reference_dir, "state_dict_official_no_lang")
     converted, _ = convert_official_state_dict(official)
     return converted
+
+
+def detector_variant(model, **kwargs):
+    """A GLIPDetector sharing ``model``'s modules with other settings (chunking, ...), in eval
+    mode."""
+    from glip_d2.modeling.meta_arch import GLIPDetector
+
+    args = dict(
+        backbone=model.backbone,
+        language_backbone=model.language_backbone,
+        head=model.head,
+        anchor_generator=model.anchor_generator,
+        loss=model.loss,
+        post_processor=model.post_processor,
+        pixel_mean=model.pixel_mean.flatten().tolist(),
+        pixel_std=model.pixel_std.flatten().tolist(),
+    )
+    args.update(kwargs)
+    return GLIPDetector(**args).eval()

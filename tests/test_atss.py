@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import load_reference
 
+from glip_d2.modeling.anchors import GLIPAnchorGenerator
 from glip_d2.modeling.atss import ATSSMatcher
-from glip_d2.modeling.box_coder import GLIPAnchorGenerator
 
 
 def _anchors(height, width):
@@ -58,7 +58,7 @@ def test_highest_iou_wins_and_empty_gt():
     only_big = m(anchors, per_level, big)
     only_small = m(anchors, per_level, small)
     # Every anchor positive for both boxes goes to the box it overlaps more.
-    from glip_d2.modeling.box_coder import pairwise_iou_legacy
+    from glip_d2.structures import pairwise_iou_legacy
 
     iou = pairwise_iou_legacy(anchors, torch.cat([big, small]))
     shared = (only_big >= 0) & (only_small >= 0)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import load_reference, reference_cfg, reference_state_dict
+from conftest import REPO_ROOT, load_reference, reference_cfg, reference_state_dict
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
@@ -23,6 +23,7 @@ ATOL = 2e-5
 
 def tiny_swin_cfg():
     cfg = add_glip_config(get_cfg())
+    cfg.merge_from_file(str(REPO_ROOT / "configs" / "Base-GLIP.yaml"))
     cfg.MODEL.SWIN.EMBED_DIM = 16
     cfg.MODEL.SWIN.DEPTHS = [2, 2, 2, 2]
     cfg.MODEL.SWIN.NUM_HEADS = [1, 2, 4, 8]

@@ -8,9 +8,9 @@ from conftest import load_reference, reference_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import build_anchor_generator
 
-from glip_d2.modeling.box_coder import (
-    BoxCoder,
-    GLIPAnchorGenerator,
+from glip_d2.modeling.anchors import GLIPAnchorGenerator
+from glip_d2.modeling.box_coder import BoxCoder
+from glip_d2.structures import (
     box_area_legacy,
     clip_boxes_legacy,
     legacy_cell_anchors,

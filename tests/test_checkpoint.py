@@ -1,12 +1,12 @@
 """Official checkpoint conversion: key mapping both ways, safe loading, the convert CLI and
-GLIPCheckpointer (parity by construction from the spec's key table, §9.2)."""
+GLIPCheckpointer (parity by construction from the official key layout, tests/_official_keys.py)."""
 
 import re
 
 import pytest
 import torch
 from _official_keys import SMALL, official_shapes, random_state_dict
-from conftest import load_reference
+from conftest import REPO_ROOT, load_reference
 
 from glip_d2.checkpoint import (
     GLIPCheckpointer,
@@ -291,7 +291,8 @@ def test_glip_t_model_keys_and_shapes_match_the_official_table(early_fuse):
     import glip_d2.modeling  # noqa: F401
     from glip_d2.config import add_glip_config
 
-    cfg = add_glip_config(get_cfg())  # the defaults are GLIP-T's
+    cfg = add_glip_config(get_cfg())
+    cfg.merge_from_file(str(REPO_ROOT / "configs" / "GLIP-T.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT = True
     cfg.MODEL.GLIP.EARLY_FUSE = early_fuse
@@ -326,3 +327,208 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert (tmp_path / "model_0000009.pth").read_bytes() == before
     resumed = GLIPCheckpointer(torch.nn.Linear(3, 2), save_dir=str(tmp_path))
     assert resumed.resume_or_load("", resume=True)["iteration"] == 9
+
+
+# ---------------------------------------------------------------- what the checkpointer refuses
+
+
+def test_save_refuses_non_finite_weights_and_keeps_the_last_checkpoint(tmp_path):
+    from glip_d2.checkpoint import NonFiniteCheckpointError
+    from glip_d2.engine import ModelEMA
+
+    model = torch.nn.Linear(3, 2)
+    ema = ModelEMA(model, decay=0.9)
+    checkpointer = GLIPCheckpointer(model, save_dir=str(tmp_path))
+    checkpointer.add_checkpointable("ema", ema)
+    checkpointer.save("model_0000009", iteration=9)
+    with torch.no_grad():
+        model.weight[1, 2] = float("nan")
+        model.bias[0] = float("inf")
+    with pytest.raises(
+        NonFiniteCheckpointError, match=r"'model/weight' holds 1 NaN/Inf values \(of 6\)"
+    ) as err:
+        checkpointer.save("model_0000019", iteration=19)
+    assert "model_0000009.pth" in str(err.value)  # the last finite checkpoint
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    ema.update(model)  # the average was taken while the weights were non-finite
+    ema.shadow["bias"][1] = float("nan")
+    with pytest.raises(NonFiniteCheckpointError, match="'ema/shadow/bias'"):
+        checkpointer.save("model_final", iteration=29)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000009.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+
+
+def test_load_refuses_non_finite_tensors_naming_file_and_key(tmp_path, small_model):
+    from glip_d2.checkpoint import NonFiniteCheckpointError
+
+    # a training checkpoint corrupted on disk: --resume must not train on from NaN
+    good = torch.nn.Linear(3, 2)
+    GLIPCheckpointer(good, save_dir=str(tmp_path)).save("model_0000009", iteration=9)
+    data = torch.load(tmp_path / "model_0000009.pth", weights_only=True)
+    data["model"]["bias"][1] = float("nan")
+    torch.save(data, tmp_path / "model_0000009.pth")
+    resumed = GLIPCheckpointer(torch.nn.Linear(3, 2), save_dir=str(tmp_path))
+    with pytest.raises(NonFiniteCheckpointError, match=r"model_0000009.pth: tensor 'model/bias'"):
+        resumed.resume_or_load("", resume=True)
+    # optimizer state counts too
+    data["model"]["bias"][1] = 0.0
+    data["optimizer"] = {"state": {0: {"exp_avg": torch.tensor([1.0, float("inf")])}}}
+    torch.save(data, tmp_path / "model_0000009.pth")
+    with pytest.raises(NonFiniteCheckpointError, match="'optimizer/state/0/exp_avg'"):
+        resumed.resume_or_load("", resume=True)
+    # an official file: the key is named after conversion
+    model, _ = small_model
+    sd = random_state_dict(official_shapes(**SMALL), seed=7)
+    sd["rpn.head.bias0"] = torch.tensor([float("nan")])
+    torch.save({"model": {"module." + k: v for k, v in sd.items()}}, tmp_path / "official.pth")
+    with pytest.raises(NonFiniteCheckpointError, match="'model/head.bias0'"):
+        GLIPCheckpointer(model).load(str(tmp_path / "official.pth"))
+
+
+def test_extra_tensors_are_refused_unless_allowed(small_model, tmp_path):
+    """A 3-layer head into the 2-layer model used to load with fvcore's "not used" warning
+    (and other predictions than the checkpoint's model)."""
+    from glip_d2.checkpoint import CheckpointMismatchError
+
+    model, _ = small_model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    three = official_shapes(**{**SMALL, "num_layers": 3}, text_encoder=False)
+    sd = random_state_dict(three, seed=5)
+    path = tmp_path / "three_layers.pth"
+    torch.save({"model": {"module." + k: v for k, v in sd.items()}}, path)
+    with pytest.raises(CheckpointMismatchError, match=r"head\.tower\.2\.") as err:
+        GLIPCheckpointer(model).load(str(path))
+    assert "MODEL.GLIP.ALLOW_UNEXPECTED_KEYS" in str(err.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
+    # explicitly allowed: the extra layer is dropped, the rest loads (the text encoder, not
+    # in this file, keeps its weights)
+    GLIPCheckpointer(model, allow_unexpected_keys=True, text_encoder_from_checkpoint=False).load(
+        str(path)
+    )
+    converted, _ = convert_official_state_dict(sd)
+    got = model.state_dict()
+    assert torch.equal(
+        got["head.tower.1.dyconv.offset.weight"], converted["head.tower.1.dyconv.offset.weight"]
+    )
+    # a prompt-tuned checkpoint into a model without the table says which flag is missing
+    tuned = random_state_dict(official_shapes(**SMALL, text_encoder=False), seed=6)
+    tuned["rpn.tunable_linear.weight"] = torch.zeros(1000, 384)
+    torch.save({"model": tuned}, tmp_path / "tuned.pth")
+    with pytest.raises(CheckpointMismatchError, match="TUNABLE_LINEAR True"):
+        GLIPCheckpointer(model).load(str(tmp_path / "tuned.pth"))
+    # buffers every model rebuilds from its config are not "unexpected" (a partial file)
+    own = {"backbone.fpn_inner2.weight": model.state_dict()["backbone.fpn_inner2.weight"]}
+    own["language_backbone.model.embeddings.position_ids"] = torch.arange(512)[None]
+    own["backbone.bottom_up.layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(49, 49)
+    torch.save({"model": own}, tmp_path / "own.pth")
+    GLIPCheckpointer(model, text_encoder_from_checkpoint=False).load(str(tmp_path / "own.pth"))
+
+
+def test_config_key_allows_extra_tensors(small_model, tmp_path):
+    """MODEL.GLIP.ALLOW_UNEXPECTED_KEYS reaches the checkpointer (here the predictor's)."""
+    from glip_d2.predictor import GLIPPredictor
+
+    model, cfg = small_model
+    own = dict(model.state_dict())
+    own["head.tower.2.dyconv.offset.weight"] = torch.zeros(27, 64, 3, 3)
+    torch.save({"model": own}, tmp_path / "extra.pth")
+    cfg = cfg.clone()
+    cfg.MODEL.WEIGHTS = str(tmp_path / "extra.pth")
+    cfg.MODEL.GLIP.ALLOW_UNEXPECTED_KEYS = True
+    predictor = GLIPPredictor(cfg)
+    got = predictor.model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())
+
+
+def test_imagenet_backbone_checkpoint_by_name_heuristics_loads(small_model, tmp_path):
+    """D2 model-zoo style: ImageNet backbone weights under their own names, matched by D2's
+    suffix heuristics; the classifier ("head.*", which used to make the file look like a
+    whole detector) and the other parts of the detector are not needed."""
+    model, _ = small_model
+    key = "backbone.bottom_up.layers.0.blocks.0.norm1.weight"
+    value = torch.rand(model.state_dict()[key].shape)
+    ckpt = {
+        "model": {
+            "layers.0.blocks.0.norm1.weight": value,
+            "head.weight": torch.rand(1000, 384),  # the ImageNet classifier of a Swin file
+            "head.bias": torch.rand(1000),
+        },
+        "matching_heuristics": True,
+    }
+    # the fixture's text encoder was built to come from the checkpoint
+    text = {k: v for k, v in model.state_dict().items() if k.startswith("language_backbone.model.")}
+    ckpt["model"].update({k[len("language_backbone.") :]: v for k, v in text.items()})
+    torch.save(ckpt, tmp_path / "imagenet.pth")
+    GLIPCheckpointer(model).load(str(tmp_path / "imagenet.pth"))
+    assert torch.equal(model.state_dict()[key], value)
+
+
+def test_text_encoder_built_for_the_checkpoint_must_be_in_it(small_model, tmp_path):
+    """The model was built with WEIGHTS_FROM_CHECKPOINT (a random text encoder): a checkpoint
+    without it used to load and leave the encoder random without a word."""
+    from glip_d2.checkpoint import CheckpointMismatchError
+
+    model, _ = small_model
+    assert model.language_backbone.weights_from_checkpoint  # what GLIPCheckpointer reads
+    sd = random_state_dict(official_shapes(**SMALL, text_encoder=False), seed=8)
+    torch.save({"model": sd}, tmp_path / "no_text.pth")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match="WEIGHTS_FROM_CHECKPOINT False") as err:
+        GLIPCheckpointer(model).load(str(tmp_path / "no_text.pth"))  # no explicit flag
+    assert "lacks" in str(err.value) and "language_backbone.model." in str(err.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
+    # also a partial (backbone-only) checkpoint
+    backbone = {k: v for k, v in sd.items() if k.startswith("backbone.")}
+    torch.save({"model": backbone}, tmp_path / "backbone.pth")
+    with pytest.raises(CheckpointMismatchError, match="WEIGHTS_FROM_CHECKPOINT"):
+        GLIPCheckpointer(model).load(str(tmp_path / "backbone.pth"))
+    # a text encoder built with its own pretrained weights may keep them
+    GLIPCheckpointer(model, text_encoder_from_checkpoint=False).load(str(tmp_path / "no_text.pth"))
+
+
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("empty.pth", b"", "EOFError"),
+        ("text.pth", b"hello, not a checkpoint\n", "not a torch checkpoint"),
+        ("random.pt", bytes(range(7, 250)), "not a torch checkpoint"),
+        ("empty.safetensors", b"", "not a safetensors file"),
+        ("fake.safetensors", b"{'model': 1} but not safetensors", "not a safetensors file"),
+    ],
+)
+def test_unreadable_files_are_named(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=reason) as err:
+        load_checkpoint_file(str(path))
+    assert str(path) in str(err.value)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        GLIPCheckpointer(torch.nn.Linear(3, 2)).load(str(path))
+
+
+def test_convert_cli_reports_every_user_error(tmp_path, capsys):
+    sd = random_state_dict(official_shapes(**SMALL, text_encoder=False), seed=3)
+    src = tmp_path / "official.pth"
+    torch.save({"model": {"module." + k: v for k, v in sd.items()}}, src)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "folder").mkdir()
+    cases = [
+        ([str(src), str(tmp_path / "missing_folder" / "out.pth")], "destination folder"),
+        ([str(src), str(tmp_path / "folder")], "is a folder"),
+        ([str(tmp_path / "folder"), str(tmp_path / "out.pth")], "is a folder"),
+        ([str(tmp_path / "empty.pth"), str(tmp_path / "out.pth")], "empty.pth"),
+        ([str(src), str(src)], "the same file"),
+        (["--to-official", str(src), str(tmp_path / "out.pth")], "already in the official"),
+        (
+            ["--to-official", str(src), str(tmp_path / "o.pth"), "--config-file", "nope.yaml"],
+            "nope.yaml",
+        ),
+    ]
+    for argv, message in cases:
+        assert convert_main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err, (argv, err)
+        assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.pth", "folder", "official.pth"]

@@ -16,6 +16,8 @@ from glip_d2.data.datasets import (
     load_region_descriptions,
     register_grounding_coco,
     register_mdetr_grounding,
+    register_pseudo_label_captions,
+    register_region_descriptions,
 )
 
 MDETR = {
@@ -166,6 +168,31 @@ def test_pseudo_label_captions(tmp_path):
     assert len(load_pseudo_label_captions(_write(tmp_path, "c.json", data), "/i", conf=0.2)) == 2
 
 
+def test_region_and_caption_sets_register_as_user_api(tmp_path):
+    """No config key names these sets: a user registers them, then lists them in
+    DATASETS.TRAIN. Registration is lazy and the records carry the dataset name."""
+    regions = [
+        {"id": 5, "regions": [{"phrase": "a horse", "x": 1, "y": 2, "width": 3, "height": 4}]}
+    ]
+    captions = [
+        {
+            "file_name": "c1.jpg",
+            "caption": "a red bus",
+            "entities": [{"tokens_positive": [[2, 9]], "boxes": [[0, 0, 5, 5]], "scores": [0.9]}],
+        }
+    ]
+    vg = _write(tmp_path, "vg_user.json", regions)
+    cap = _write(tmp_path, "cap_user.json", captions)
+    register_region_descriptions("test_user_regions", vg, "/vg")
+    register_pseudo_label_captions("test_user_captions", cap, "/img", conf=0.95)
+    assert MetadataCatalog.get("test_user_regions").json_file == vg
+    (record,) = DatasetCatalog.get("test_user_regions")
+    assert record["caption"] == "a horse" and record["dataset_name"] == "test_user_regions"
+    assert DatasetCatalog.get("test_user_captions") == []  # conf 0.95 drops the only box
+    records, sizes = get_grounding_dataset_dicts(["test_user_regions"])
+    assert sizes == [1] and records[0]["file_name"] == "/vg/5.jpg"
+
+
 def test_mixing_repeat_factors():
     factors = mixing_repeat_factors([10, 30], [1, 1])
     assert factors.shape == (40,)
@@ -184,8 +211,9 @@ def test_mixing_repeat_factors():
 def test_mixed_loader_on_synth(tmp_path):
     from detectron2.config import get_cfg
 
+    from datasets.prepare_glip_synth import ensure_glip_synth
     from glip_d2.config import add_glip_config
-    from glip_d2.data import build_grounding_train_loader, ensure_glip_synth
+    from glip_d2.data import build_grounding_train_loader
     from glip_d2.data.synthetic import SEEN_CLASSES
 
     root = ensure_glip_synth(

@@ -18,7 +18,7 @@ def small_setup(reference_dir, tmp_path_factory):
     from safetensors.torch import load_file
 
     from glip_d2.checkpoint import convert_official_state_dict
-    from glip_d2.modeling.language_backbone import bundled_minilm_path
+    from glip_d2.text.tokenizer import bundled_minilm_path
 
     tmp = tmp_path_factory.mktemp("demo")
     sd = load_reference(reference_dir, "state_dict_official_no_lang")
@@ -50,7 +50,7 @@ def test_demo_cli_end_to_end(small_setup):
     record = json.loads((out_dir / "shapes.json").read_text())
     assert record["phrases"] == ["red square", "blue disc"]
     assert record["image"] == str(image_path)
-    # random weights score about 0.07-0.076 (reference README); some detections pass 0.07
+    # the reference model's random weights score about 0.07-0.076; some detections pass 0.07
     assert len(record["detections"]) > 0
     for det in record["detections"]:
         assert det["score"] >= 0.07 and det["phrase"] == record["phrases"][det["phrase_index"]]

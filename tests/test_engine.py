@@ -1,5 +1,7 @@
 """Optimizer parameter groups, tuning modes, gradient clipping, EMA math and checkpointing."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -8,6 +10,7 @@ from torch import nn
 
 from glip_d2.config import add_glip_config
 from glip_d2.engine import (
+    GLIPAMPTrainer,
     GLIPSimpleTrainer,
     ModelEMA,
     apply_tuning_mode,
@@ -227,3 +230,64 @@ def test_train_loop_skips_nonfinite_steps_and_runs_bf16():
         loop.run_step()  # d/dw (w + w^2) = 3 at w = 1 -> w = 0.7
         assert model.w.item() == pytest.approx(0.7, abs=1e-2)  # bf16 forward
         assert storage.history("total_loss").latest() == pytest.approx(2.0, abs=1e-2)
+
+
+def _run_steps(loop, start, stop):
+    """Run iterations [start, stop) as TrainerBase.train does (without hooks)."""
+    for it in range(start, stop):
+        loop.iter = it
+        loop.run_step()
+
+
+def test_train_loop_stops_after_max_skipped_steps_in_a_row():
+    """A diverged run fails loudly: at most MAX_SKIPPED_STEPS non-finite steps in a row."""
+    from detectron2.utils.events import EventStorage
+
+    nan, big = float("nan"), 1e30  # 1e30: loss_a finite, loss_b = (1e30)^2 = inf
+    model = _LossModel()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    loop = GLIPSimpleTrainer(
+        model, _Loader([nan, big, 1.0, nan, nan, big]), opt, max_skipped_steps=2
+    )
+    with EventStorage(0) as storage:
+        _run_steps(loop, 0, 5)  # 2 skipped, 1 finite (resets the run), 2 skipped
+        assert loop.skipped_steps == 4 and loop.guard.consecutive == 2
+        assert loop.state_dict()["skipped_steps"] == 4
+        with pytest.raises(FloatingPointError) as err:
+            _run_steps(loop, 5, 6)
+        # a count per step, not a median over the logging window
+        assert [v for v, _ in storage.history("skipped_steps").values()] == [1, 2, 2, 3, 4, 5]
+        assert storage.latest_with_smoothing_hint(20)["skipped_steps"][0] == 5
+    msg = str(err.value)
+    assert "3 iterations in a row (3 to 5)" in msg and "MAX_SKIPPED_STEPS=2" in msg
+    assert "iteration 5: loss_a=1e+30, loss_b=inf (non-finite: loss_b)" in msg
+    # 0: stop at the first non-finite loss (D2's own behaviour)
+    loop = GLIPSimpleTrainer(_LossModel(), _Loader([nan]), opt, max_skipped_steps=0)
+    with EventStorage(0), pytest.raises(FloatingPointError, match="loss_a=nan, loss_b=nan"):
+        _run_steps(loop, 0, 1)
+    with pytest.raises(ValueError, match="MAX_SKIPPED_STEPS"):
+        GLIPSimpleTrainer(_LossModel(), _Loader([]), opt, max_skipped_steps=-1)
+
+
+def test_amp_train_loop_skips_and_stops_like_the_simple_one():
+    """fp16 AMP (CUDA; without CUDA autocast and the scaler switch themselves off): a NaN loss
+    is skipped without touching weights or scaler, at most MAX_SKIPPED_STEPS in a row."""
+    from detectron2.utils.events import EventStorage
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _LossModel().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    nan = float("nan")
+    with pytest.warns(UserWarning) if device == "cpu" else nullcontext():
+        loop = GLIPAMPTrainer(model, _Loader([nan, 1.0, nan, nan]), opt, max_skipped_steps=1)
+        with EventStorage(0):
+            _run_steps(loop, 0, 1)
+            assert model.w.item() == 1.0 and loop.skipped_steps == 1
+            _run_steps(loop, 1, 2)  # finite: d/dw (w + w^2) = 3 at w = 1 -> w = 0.7
+            assert model.w.item() == pytest.approx(0.7, abs=2e-3)
+            _run_steps(loop, 2, 3)  # skipped (1 in a row)
+            with pytest.raises(FloatingPointError, match="iteration 3"):
+                _run_steps(loop, 3, 4)
+    state = loop.state_dict()
+    assert state["skipped_steps"] == 3 and "grad_scaler" in state
+    assert model.w.item() == pytest.approx(0.7, abs=2e-3)

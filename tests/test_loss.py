@@ -8,11 +8,12 @@ import math
 import pytest
 import torch
 
-from glip_d2.modeling.box_coder import BoxCoder, GLIPAnchorGenerator
+from glip_d2.modeling.anchors import GLIPAnchorGenerator
+from glip_d2.modeling.box_coder import BoxCoder
+from glip_d2.modeling.head import flatten_levels
 from glip_d2.modeling.loss import (
     GLIPLoss,
     centerness_targets,
-    flatten_head_outputs,
     giou_loss,
     token_sigmoid_focal_loss,
 )
@@ -61,11 +62,11 @@ def _setup(num_images=1):
     sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
     levels = gen.grid_anchors(sizes)
     anchors, per_level = torch.cat(levels), [len(a) for a in levels]
-    L = 8
+    L, N = 8, sum(h * w for h, w in sizes)
     outputs = {
-        "logits": [torch.zeros(num_images, h * w, L, requires_grad=True) for h, w in sizes],
-        "bbox_reg": [torch.zeros(num_images, 4, h, w, requires_grad=True) for h, w in sizes],
-        "centerness": [torch.zeros(num_images, 1, h, w, requires_grad=True) for h, w in sizes],
+        "logits": torch.zeros(num_images, N, L, requires_grad=True),
+        "bbox_reg": torch.zeros(num_images, N, 4, requires_grad=True),
+        "centerness": torch.zeros(num_images, N, 1, requires_grad=True),
     }
     mask = torch.zeros(num_images, L, dtype=torch.long)
     mask[:, :4] = 1
@@ -92,7 +93,7 @@ def test_loss_with_zero_outputs():
     expected_reg = 2.0 * 4 * ctr * (1 - 55 / 71) / (4 * ctr + 1.0)
     assert losses["loss_reg"].item() == pytest.approx(expected_reg, rel=1e-5)
     sum(losses.values()).backward()
-    assert all(t.grad is not None for v in outputs.values() for t in v)
+    assert all(t.grad is not None for t in outputs.values())
 
 
 def test_background_only_and_autocast():
@@ -108,14 +109,51 @@ def test_background_only_and_autocast():
     assert losses["loss_dot_product_token"].item() == pytest.approx(expected, rel=1e-6)
     assert losses["loss_reg"].item() == 0.0 and losses["loss_centerness"].item() == 0.0
     sum(losses.values()).backward()
-    assert outputs["bbox_reg"][0].grad is not None
+    assert outputs["bbox_reg"].grad is not None
+
+
+def test_noobj_column_is_max_query_len_minus_1():
+    """Text of 8 columns padded vs the same prompts unpadded (4 columns). The official [NoObj]
+    target sits at column MAX_QUERY_LEN - 1 = 7: a masked pad here, so unpadded text, which
+    has no column 7, gives the same loss; putting it at the unpadded text's last column (3, a
+    real token) would not. With a prompt that fills all 8 columns it counts."""
+    padded, anchors, per_level, mask = _setup(num_images=2)
+    logits = torch.linspace(-3, 2, padded["logits"].numel()).view_as(padded["logits"])
+    padded["logits"] = logits
+    box = [torch.tensor([[-4.0, -4.0, 59.0, 59.0]]), torch.zeros((0, 4))]
+    maps = [torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]]), torch.zeros((0, 8))]
+    loss = GLIPLoss(box_coder=BoxCoder(), max_query_len=8)
+    ref = loss(padded, anchors, per_level, box, maps, mask)
+    unpadded = {**padded, "logits": logits[:, :, :4]}
+    out = loss(unpadded, anchors, per_level, box, [m[:, :4] for m in maps], mask[:, :4])
+    for k in ref:
+        assert out[k].item() == pytest.approx(ref[k].item(), rel=1e-6), k
+    last_column = GLIPLoss(box_coder=BoxCoder())  # max_query_len None: the text's last column
+    wrong = last_column(unpadded, anchors, per_level, box, [m[:, :4] for m in maps], mask[:, :4])
+    wrong, right = wrong["loss_dot_product_token"].item(), ref["loss_dot_product_token"].item()
+    assert abs(wrong - right) > 0.05 * right
+    # Image 1's prompt fills all 8 columns: its background anchors' column 7 target counts.
+    full = mask.clone()
+    full[1] = 1
+    with_noobj = loss(padded, anchors, per_level, box, maps, full)
+    noobj = torch.zeros_like(logits[1:])
+    noobj[..., 7] = 1.0  # image 1 has no box: every anchor is background
+    before = token_sigmoid_focal_loss(logits[1:], torch.zeros_like(noobj), mask[1:])
+    after = token_sigmoid_focal_loss(logits[1:], noobj, full[1:])
+    delta = with_noobj["loss_dot_product_token"] - ref["loss_dot_product_token"]
+    assert delta.item() == pytest.approx((after - before).item() / 5, rel=1e-5)  # 5 positives
+    with pytest.raises(ValueError, match="MAX_QUERY_LEN=8"):
+        loss({**padded, "logits": torch.zeros(2, logits.shape[1], 9)}, anchors, per_level, box,
+             [torch.zeros(1, 9), torch.zeros(0, 9)], torch.ones(2, 9))  # fmt: skip
 
 
 def test_flatten_order_and_shape_errors():
     outputs, anchors, per_level, mask = _setup()
-    outputs["bbox_reg"][0] = torch.arange(4 * 64.0).reshape(1, 4, 8, 8)
-    _, reg, ctr = flatten_head_outputs(outputs)
-    assert reg.shape == (1, 86, 4) and ctr.shape == (1, 86)
+    levels = [torch.arange(4 * 64.0).reshape(1, 4, 8, 8)]
+    levels += [torch.zeros(1, 4, h, w) for h, w in [(4, 4), (2, 2), (1, 1), (1, 1)]]
+    reg = flatten_levels(levels)  # the head's layout
+    assert reg.shape == (1, 86, 4)
+    assert flatten_levels([t[:, :1] for t in levels]).shape == (1, 86, 1)
     assert reg[0, 9].tolist() == [9.0, 73.0, 137.0, 201.0]  # location (1, 1), row-major
     loss = GLIPLoss(box_coder=BoxCoder())
     with pytest.raises(ValueError, match="token map"):

@@ -147,7 +147,7 @@ def test_bad_inputs(tokenizer, image_file, tmp_path):
         mapper(_det_record(str(tmp_path / "missing.png"), [([1, 1, 5, 5], 0)]))
     with pytest.raises(ValueError, match=r"img.png.*entirely outside"):
         mapper(_det_record(image_file, [([400, 10, 20, 20], 0)]))
-    with pytest.raises(ValueError, match=r"img.png.*outside its caption"):
+    with pytest.raises(ValueError, match=r"img.png.*outside the caption"):
         mapper(_grounding_record(image_file, "a cat", [([1, 1, 9, 9], [[2, 9]])]))
     with pytest.raises(ValueError, match=r"img.png.*empty caption"):
         mapper(_grounding_record(image_file, "", [([1, 1, 9, 9], [[0, 1]])]))

@@ -6,7 +6,9 @@ from conftest import load_reference
 from detection_sets import assert_same_detections
 
 from glip_d2.modeling.box_coder import BoxCoder
-from glip_d2.modeling.postprocess import GLIPPostProcessor, nms_legacy, phrase_scores
+from glip_d2.modeling.head import flatten_levels
+from glip_d2.modeling.postprocess import GLIPPostProcessor, phrase_scores
+from glip_d2.structures import nms_legacy
 
 
 def _post(**kw):
@@ -18,24 +20,24 @@ def _post(**kw):
 
 
 def _image0(reference_dir):
+    """The official head outputs of image 0 in the head's (N, .) layout, and its phrase map."""
     inputs = load_reference(reference_dir, "inputs")
     ev = load_reference(reference_dir, "outputs_eval")[0]
     pmap = (inputs["positive_maps_normalized"][0] > 0).float()
-    return ev, pmap
+    dense = (
+        torch.cat(ev["head_dot_product_logits"]),
+        flatten_levels([x[None] for x in ev["head_bbox_reg"]])[0],
+        flatten_levels([x[None] for x in ev["head_centerness"]])[0],
+        torch.cat(ev["anchors_xyxy"]),
+        [len(a) for a in ev["anchors_xyxy"]],
+    )
+    return ev, pmap, dense
 
 
 def test_reference_candidates_and_detections(reference_dir):
-    ev, pmap = _image0(reference_dir)
+    ev, pmap, dense = _image0(reference_dir)
     post = _post()
-    args = (
-        ev["head_dot_product_logits"],
-        ev["head_bbox_reg"],
-        ev["head_centerness"],
-        ev["anchors_xyxy"],
-        pmap,
-        (224, 273),
-    )
-    boxes, scores, labels = post.candidates(*args)
+    boxes, scores, labels = post.candidates(*dense, pmap, (224, 273))
     assert boxes.shape == (182, 4)
     assert_same_detections(
         boxes,
@@ -57,12 +59,9 @@ def test_reference_candidates_and_detections(reference_dir):
     )
 
     # The batched entry point gives the same Instances.
-    head = {
-        "logits": [x[None] for x in ev["head_dot_product_logits"]],
-        "bbox_reg": [x[None] for x in ev["head_bbox_reg"]],
-        "centerness": [x[None] for x in ev["head_centerness"]],
-    }
-    (inst,) = post(head, ev["anchors_xyxy"], [pmap], [(224, 273)])
+    logits, bbox_reg, centerness, anchors, sizes = dense
+    head = {"logits": logits[None], "bbox_reg": bbox_reg[None], "centerness": centerness[None]}
+    (inst,) = post(head, anchors, sizes, [pmap], [(224, 273)])
     assert inst.image_size == (224, 273) and len(inst) == 58
     assert_same_detections(
         inst.pred_boxes.tensor,
@@ -76,16 +75,9 @@ def test_reference_candidates_and_detections(reference_dir):
 
 
 def test_cap_keeps_kth_value_ties(reference_dir):
-    ev, pmap = _image0(reference_dir)
+    _, pmap, dense = _image0(reference_dir)
     post = _post(detections_per_image=10)
-    boxes, scores, labels = post.candidates(
-        ev["head_dot_product_logits"],
-        ev["head_bbox_reg"],
-        ev["head_centerness"],
-        ev["anchors_xyxy"],
-        pmap,
-        (224, 273),
-    )
+    boxes, scores, labels = post.candidates(*dense, pmap, (224, 273))
     keep = post.select(boxes, scores, labels)
     nms_kept = nms_legacy(boxes, scores, labels, 0.6)
     tenth = scores[nms_kept].sort(descending=True).values[9]

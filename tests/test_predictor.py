@@ -7,9 +7,8 @@ import pytest
 import torch
 from conftest import load_reference, reference_cfg
 
-from glip_d2 import noun_phrases
-from glip_d2.noun_phrases import chunk_noun_phrases, extract_noun_phrases
-from glip_d2.predictor import normalize_prompt
+from glip_d2.text import normalize_prompt, noun_phrases
+from glip_d2.text.noun_phrases import chunk_noun_phrases, extract_noun_phrases
 
 CAPTION1 = (
     "A pink arrow points to a black cross; below the cross sits a yellow ring on a pale "
@@ -102,7 +101,7 @@ def official_checkpoint(reference_dir, tmp_path_factory):
     """The reference weights wrapped as an official training file, text encoder included."""
     from safetensors.torch import load_file
 
-    from glip_d2.modeling.language_backbone import bundled_minilm_path
+    from glip_d2.text.tokenizer import bundled_minilm_path
 
     sd = load_reference(reference_dir, "state_dict_official_no_lang")
     model = {"module." + k: v for k, v in sd.items()}
@@ -142,7 +141,8 @@ def read_png(reference_dir, i):
 
 
 def assert_same_detections(instances, ref, label_offset=1):
-    """Compare as sets: label, box within 1e-3 px, score within 1e-6 (reference README)."""
+    """Compare as sets: label, box within 1e-3 px, score within 1e-6 (docs/DESIGN.md,
+    "Official reference outputs")."""
     boxes = instances.pred_boxes.tensor
     scores, labels = instances.scores, instances.pred_classes
     want_boxes, want_scores = ref["det_boxes_orig_xyxy"], ref["det_scores"]

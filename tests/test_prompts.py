@@ -2,7 +2,7 @@
 
 import pytest
 
-from glip_d2.data.prompts import build_detection_prompt, chunk_phrases, clean_name
+from glip_d2.text.prompts import build_detection_prompt, chunk_phrases, clean_name
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ CLASSES = ["cat", "traffic_light", "navy octagon", "dog", "bird"]
 
 
 def _sampler(tokenizer, **kw):
-    from glip_d2.data.prompts import TrainingPromptSampler
+    from glip_d2.text.prompts import TrainingPromptSampler
 
     kw.setdefault("num_negatives", 5)
     kw.setdefault("full_negative_prob", 1.0)

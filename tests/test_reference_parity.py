@@ -1,4 +1,5 @@
-"""The assembled GLIPDetector against the official run (reference README, "How to compare").
+"""The assembled GLIPDetector against the official run (docs/DESIGN.md, "Official reference
+outputs").
 
 The model is built from ``reference_cfg()`` and loaded with the converted reference weights;
 its text encoder is the bundled MiniLM. Eval: each image alone with its own prompt,
@@ -55,7 +56,7 @@ def _prompt(inputs, i):
 
 
 def test_parameter_counts(model):
-    """README "Parameter counts": Swin 5,122,572 + FPN 227,840 + head 9,368,884, less the
+    """The official run's counts: Swin 5,122,572 + FPN 227,840 + head 9,368,884, less the
     unused cls_logits (80 x 64 + 80) that glip_d2 drops; MiniLM 22,565,376."""
     counts = {"language_backbone": 0, "other": 0}
     for name, p in model.named_parameters():

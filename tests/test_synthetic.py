@@ -1,4 +1,5 @@
-"""glip_synth generator: determinism, held-out combinations, spans, ensure."""
+"""glip_synth generator (datasets/prepare_glip_synth.py): determinism, held-out combinations,
+spans, ensure."""
 
 import hashlib
 import json
@@ -6,13 +7,8 @@ import os
 
 import pytest
 
-from glip_d2.data.synthetic import (
-    ALL_CLASSES,
-    HELDOUT,
-    SEEN_CLASSES,
-    ensure_glip_synth,
-    generate_glip_synth,
-)
+from datasets.prepare_glip_synth import ensure_glip_synth, generate_glip_synth
+from glip_d2.data.synthetic import ALL_CLASSES, HELDOUT, SEEN_CLASSES
 
 COUNTS = {"train": 10, "val": 4, "test_heldout": 6}
 HELDOUT_IDS = {ALL_CLASSES.index(f"{c} {s}") + 1 for c, s in HELDOUT}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from detectron2.engine import HookBase
 
-from glip_d2.data.synthetic import ensure_glip_synth
+from datasets.prepare_glip_synth import ensure_glip_synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -143,6 +143,49 @@ def test_resume_continues_at_saved_iteration_with_optimizer_state(tmp_path):
     assert final["ema"]["num_updates"] == 4
 
 
+class _Poison(HookBase):
+    """Simulate a diverged step: after iteration ``at`` a weight of the model is NaN."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def after_step(self):
+        if self.trainer.iter == self.at:
+            with torch.no_grad():
+                self.trainer.model.head.bbox_pred.weight[0, 0] = float("nan")
+
+
+def test_diverged_training_stops_without_writing_a_nan_checkpoint(tmp_path):
+    """Once the weights are NaN every loss is NaN: the steps are skipped and counted, and the
+    next checkpoint is refused instead of written (the run used to finish with a NaN
+    model_final.pth, exit code 0)."""
+    from glip_d2.checkpoint import NonFiniteCheckpointError
+
+    args = _args(
+        tmp_path,
+        "SOLVER.EMA.ENABLED", "True",
+        "DATASETS.TEST", "()",
+        "SOLVER.MAX_ITER", "3",
+        "SOLVER.STEPS", "(2,)",
+        "SOLVER.CHECKPOINT_PERIOD", "1",
+    )  # fmt: skip
+    trainer = train_net.Trainer(train_net.setup(args))
+    trainer.resume_or_load(resume=False)
+    trainer.register_hooks([_Poison(at=0)])  # after the checkpointer: model_0000000 is finite
+    with pytest.raises(NonFiniteCheckpointError, match="model/head.bbox_pred.weight") as err:
+        trainer.train()
+    assert "model_0000000.pth" in str(err.value)  # the last finite checkpoint is named
+    assert trainer.iter == 1
+    files = set(os.listdir(tmp_path))
+    assert "model_0000000.pth" in files
+    assert "model_0000001.pth" not in files and "model_final.pth" not in files
+    with open(tmp_path / "last_checkpoint") as f:
+        assert f.read().strip() == "model_0000000.pth"
+    with open(tmp_path / "metrics.json") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    assert [(r["iteration"], r["skipped_steps"]) for r in rows] == [(0, 0), (1, 1)]
+
+
 def _run_train_net(out_dir, num_procs):
     """train_net.py as a user runs it; deterministic data so 1 and 2 processes see the same
     images per step (D2's sampler deals the global batch round-robin to the ranks)."""
@@ -158,6 +201,11 @@ def _run_train_net(out_dir, num_procs):
         "INPUT.GLIP.FLIP_PROB", "0.0",
         "DATASETS.GLIP.SHUFFLE_PROMPT", "False",
         "DATASETS.GLIP.NUM_NEGATIVES", "0",
+        # Dropout (text encoder, head BERT layers) is on and draws its masks over (B, L, D).
+        # With the text padded to MAX_QUERY_LEN, L does not depend on the other image of the
+        # batch, so image 0 gets the same masks in both runs (same seed), as the tolerance
+        # below assumes; with unpadded text the runs' L differ and so do all masks.
+        "MODEL.LANGUAGE_BACKBONE.PAD_TO_MAX", "True",
     ]  # fmt: skip
     # One thread per process: the two workers share the machine's cores.
     env = dict(os.environ, OMP_NUM_THREADS="1")

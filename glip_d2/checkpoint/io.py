@@ -11,7 +11,7 @@ import pickle
 import torch
 from detectron2.utils.file_io import PathManager
 
-from .official import TEXT_ENCODER_PREFIX
+from .official import TEXT_ENCODER_PREFIX, strip_module_prefix
 
 __all__ = [
     "load_checkpoint_file",
@@ -40,11 +40,21 @@ def load_checkpoint_file(path, mmap=False):
     Raises:
         ValueError: the file holds pickled Python objects (or is not a checkpoint at all).
     """
-    local = PathManager.get_local_path(path)
+    try:
+        local = PathManager.get_local_path(path)
+    except OSError as e:  # a URL that cannot be fetched
+        raise ValueError(f"cannot fetch checkpoint {path!r}: {e}") from e
     if local.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(local, device="cpu")
+        try:
+            return load_file(local, device="cpu")
+        except SafetensorError as e:
+            raise ValueError(
+                f"cannot read checkpoint {path!r} as safetensors ({e}): the file is empty, "
+                "truncated or not a safetensors file despite its name"
+            ) from e
     if local.endswith(".pkl"):
         raise ValueError(
             f"checkpoint {path!r} is a Python pickle (.pkl); glip_d2 does not unpickle files "
@@ -53,6 +63,8 @@ def load_checkpoint_file(path, mmap=False):
     try:
         data = torch.load(local, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # not a pickle stream at all
+            raise _unreadable(path, e) from e
         raise ValueError(
             f"checkpoint {path!r} holds pickled Python objects that weights-only loading refuses "
             f"({str(e).splitlines()[0]}). glip_d2 loads only tensors, dicts, lists, numbers and "
@@ -62,7 +74,10 @@ def load_checkpoint_file(path, mmap=False):
     except RuntimeError as e:
         if mmap and "mmap" in str(e):  # legacy (non-zip) file format: no memory map
             return load_checkpoint_file(path, mmap=False)
-        raise ValueError(f"cannot read checkpoint {path!r}: {e}") from e
+        raise _unreadable(path, e) from e
+    except (EOFError, KeyError, UnicodeDecodeError) as e:
+        # What torch's legacy reader raises on an empty file or on bytes that are not a pickle.
+        raise _unreadable(path, e) from e
     if not isinstance(data, dict):
         raise ValueError(
             f"checkpoint {path!r} holds a {type(data).__name__}, expected a dict (a state dict "
@@ -71,22 +86,28 @@ def load_checkpoint_file(path, mmap=False):
     return data
 
 
-def _strip_module(state_dict):
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module.") :]: v for k, v in state_dict.items()}
-    return state_dict
+def _unreadable(path, error):
+    """The error for a file torch cannot parse, with the reader's own reason when it has one."""
+    text = str(error).split("WeightsUnpickler error:")[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = f"{type(error).__name__}: {lines[0]}" if lines else f"{type(error).__name__}"
+    return ValueError(
+        f"cannot read checkpoint {path!r}: the file is empty, truncated or not a torch "
+        f"checkpoint ({detail})"
+    )
 
 
 def is_official_state_dict(state_dict):
     """Whether a state dict (with or without "module.") uses the official GLIP key layout."""
-    keys = _strip_module(state_dict).keys()
+    keys = strip_module_prefix(state_dict).keys()
     return any(k.startswith(_OFFICIAL_PREFIXES) for k in keys)
 
 
 def select_official_state_dict(checkpoint, ema=False, source="checkpoint"):
     """Pick the state dict of an official training file: ``model`` or ``model_ema``.
 
-    Official files hold ``model`` (use it for the published numbers, spec §9.1) and, when EMA
+    Official files hold ``model`` (use it for the published numbers; docs/OFFICIAL_BEHAVIOURS.md,
+    "Checkpoint files") and, when EMA
     was on, ``model_ema``. A bare state dict is accepted as it is (without ``ema``).
 
     Returns:
@@ -96,14 +117,14 @@ def select_official_state_dict(checkpoint, ema=False, source="checkpoint"):
     """
     key = "model_ema" if ema else "model"
     if key in checkpoint and isinstance(checkpoint[key], dict):
-        return _strip_module(checkpoint[key])
+        return strip_module_prefix(checkpoint[key])
     if ema:
         raise KeyError(
             f"{source} has no 'model_ema' entry (entries: {sorted(checkpoint)[:10]}); "
             "run without --ema / ema=False"
         )
     if all(torch.is_tensor(v) for v in checkpoint.values()):
-        return _strip_module(checkpoint)
+        return strip_module_prefix(checkpoint)
     raise KeyError(
         f"{source} has no 'model' entry and is not a bare state dict "
         f"(entries: {sorted(checkpoint)[:10]})"
@@ -112,7 +133,7 @@ def select_official_state_dict(checkpoint, ema=False, source="checkpoint"):
 
 def holds_text_encoder(state_dict):
     """Whether a state dict (official or glip_d2 layout) holds the text encoder's weights."""
-    keys = _strip_module(state_dict).keys()
+    keys = strip_module_prefix(state_dict).keys()
     return any(k.startswith((TEXT_ENCODER_PREFIX, "language_backbone.model.")) for k in keys)
 
 

@@ -6,6 +6,8 @@ the top level, so conversion is a renaming of prefixes and never changes a tenso
 
 import re
 
+from ..structures import legacy_cell_anchors
+
 __all__ = [
     "DROPPED_OFFICIAL_KEYS",
     "TEXT_ENCODER_PREFIX",
@@ -14,10 +16,11 @@ __all__ = [
     "glip_d2_to_official_key",
     "official_cell_anchors",
     "official_to_glip_d2_key",
+    "strip_module_prefix",
     "swin_relative_position_index",
 ]
 
-# Where the official model keeps its HuggingFace text encoder (spec §9.2).
+# Where the official model keeps its HuggingFace text encoder (docs/DESIGN.md, parameter layout).
 TEXT_ENCODER_PREFIX = "language_backbone.body.model."
 
 # Official keys that have no glip_d2 counterpart on purpose (regenerated buffers, unused or
@@ -43,6 +46,16 @@ _HEAD_TOP = re.compile(
     r"(\..*)?$"
 )
 _TOWER = re.compile(r"^rpn\.head\.dyhead_tower\.(\d+)\.(.*)$")
+
+
+def strip_module_prefix(state_dict):
+    """The state dict without the "module." prefix that DDP training files carry.
+
+    As the official loader (and fvcore's), the prefix goes only when every key has it.
+    """
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module.") :]: v for k, v in state_dict.items()}
+    return state_dict
 
 
 def official_to_glip_d2_key(key, early_fuse=True):
@@ -94,8 +107,7 @@ def convert_official_state_dict(state_dict):
     """
     import torch
 
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    state_dict = strip_module_prefix(state_dict)
     early_fuse = any(".b_attn." in k for k in state_dict)
     converted, dropped = {}, []
     for key, value in state_dict.items():
@@ -155,22 +167,17 @@ def glip_d2_to_official_key(key, early_fuse=True):
 def official_cell_anchors(anchor_sizes=(64, 128, 256, 512, 1024), strides=(8, 16, 32, 64, 128)):
     """The official ``rpn.anchor_generator.cell_anchors.{l}`` buffers, float32 (1, 4) each.
 
-    One square anchor of side ``size`` centred on the legacy "+1" centre ``(stride - 1) / 2``
-    of the first cell (spec §4.6): ``[c - (size - 1) / 2, c - (size - 1) / 2,
-    c + (size - 1) / 2, c + (size - 1) / 2]``; level 0 of GLIP is ``[-28, -28, 35, 35]``.
+    One square legacy cell anchor per level (:func:`glip_d2.structures.legacy_cell_anchors`);
+    level 0 of GLIP is ``[-28, -28, 35, 35]``.
     """
-    import torch
-
     if len(anchor_sizes) != len(strides):
         raise ValueError(
             f"anchor sizes {list(anchor_sizes)} and strides {list(strides)} differ in length"
         )
-    anchors = []
-    for size, stride in zip(anchor_sizes, strides, strict=True):
-        centre, half = (stride - 1) / 2.0, (size - 1) / 2.0
-        box = [centre - half, centre - half, centre + half, centre + half]
-        anchors.append(torch.tensor([box], dtype=torch.float32))
-    return anchors
+    return [
+        legacy_cell_anchors(stride, (size,)).float()
+        for size, stride in zip(anchor_sizes, strides, strict=True)
+    ]
 
 
 def swin_relative_position_index(window_size):
@@ -207,9 +214,10 @@ def glip_d2_to_official(
       which follows from the shape of the block's ``relative_position_bias_table``;
     * ``rpn.anchor_generator.cell_anchors.{l}``: from ``anchor_sizes`` / ``anchor_strides``
       (``MODEL.GLIP.ANCHOR_SIZES`` / ``ANCHOR_STRIDES``);
-    * ``rpn.head.cls_logits.{weight,bias}``: the unused classification conv (spec §4.5, §12.13),
-      exported with a zero weight and the prior bias ``-log((1 - p) / p)``; its trained values
-      are never used for scoring and are not kept by the forward conversion.
+    * ``rpn.head.cls_logits.{weight,bias}``: the unused classification conv
+      (docs/OFFICIAL_BEHAVIOURS.md, "Unused classification conv"), exported with a zero weight
+      and the prior bias ``-log((1 - p) / p)``; its trained values are never used for scoring
+      and are not kept by the forward conversion.
 
     Not exported (the official loader ignores their absence): the text encoder's pooler,
     ``embeddings.position_ids``, ``rpn.resizer.*`` and ``rpn.head.mlm_head.*``.

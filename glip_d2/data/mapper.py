@@ -8,15 +8,29 @@ import re
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import DatasetMapper, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from ..modeling.language_backbone import load_tokenizer
-from .prompts import TrainingPromptSampler, build_detection_prompt, count_prompt_tokens
+from ..structures import (
+    clip_boxes_legacy,
+    flip_boxes_legacy,
+    nonempty_legacy,
+    xywh_to_legacy_xyxy,
+)
+from ..text import (
+    TrainingPromptSampler,
+    build_detection_prompt,
+    load_tokenizer,
+    prompt_fits,
+    record_phrases,
+    warn_vocabulary,
+)
+from .datasets.checks import box_problem
+from .transforms import GLIPResizeShortestEdge
 
-__all__ = ["GroundingDatasetMapper", "swap_left_right"]
+__all__ = ["GroundingDatasetMapper", "read_record_image", "swap_left_right"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +80,25 @@ def swap_left_right(caption, phrase_spans):
     return "".join(pieces), spans
 
 
-class GroundingDatasetMapper(DatasetMapper):
+def read_record_image(record, image_format):
+    """The record's image (H, W, 3) in ``image_format``, checked against the record's
+    ``height``/``width``; an unreadable file is a ValueError naming it and the record."""
+    file_name = record.get("file_name")
+    try:
+        image = utils.read_image(file_name, format=image_format)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"Cannot read image {file_name!r} of record image_id={record.get('image_id')}: {e}"
+        ) from e
+    utils.check_image_size(record, image)
+    return image
+
+
+class GroundingDatasetMapper:
     """Reads a detection or grounding record and builds GLIP's input dict.
+
+    A callable like D2's ``DatasetMapper``, which it does not subclass: the prompt, the legacy
+    box convention and the caption-aware flip replace every step of that mapper.
 
     * Detection records (``category_id`` + the dataset's ``thing_classes``): in training a
       sampled prompt with negatives (:class:`TrainingPromptSampler`); at test time the fixed
@@ -75,9 +106,11 @@ class GroundingDatasetMapper(DatasetMapper):
     * Grounding records (``caption`` + per-annotation ``tokens_positive``): annotations with the
       same spans form one phrase.
 
-    Boxes use the legacy inclusive convention: ``x2 = x + w - 1``, clamped to ``[0, W-1]`` at the
-    original size, degenerate ones dropped, then resized (coordinates scaled) and flipped as
-    ``W - x - 1`` (spec §2.3, §5.2).
+    Boxes use the legacy inclusive convention (``glip_d2/structures/legacy_boxes.py``):
+    ``x2 = x + w - 1``, clipped to ``[0, W-1]`` at the original size, degenerate ones dropped,
+    then resized (coordinates scaled) and flipped as ``W - x - 1`` (microsoft/GLIP
+    maskrcnn_benchmark/data/datasets/modulated_coco.py, ``ModulatedDataset.__getitem__`` and
+    ``CocoGrounding.__getitem__``, through structures/bounding_box.py's ``BoxList``).
     """
 
     @configurable
@@ -94,6 +127,7 @@ class GroundingDatasetMapper(DatasetMapper):
         num_negatives=85,
         full_negative_prob=0.5,
         shuffle_prompt=True,
+        fixed_train_prompt=False,
         default_dataset=None,
         seed=None,
     ):
@@ -102,6 +136,8 @@ class GroundingDatasetMapper(DatasetMapper):
             augmentations (list): resize augmentations (no flip: it is caption-aware here).
             tokenizer: fast tokenizer for token budgets; needed for detection records.
             flip_prob (float): horizontal flip probability in training.
+            fixed_train_prompt (bool): train detection records with the evaluation prompt (all
+                classes in id order, prompt overrides, no negatives; official DISABLE_SHUFFLE).
             default_dataset (str | None): metadata name for records without "dataset_name".
             seed (int | None): seeds a private RNG for prompts and flips (tests); None uses the
                 global ``random`` module, which D2's loader seeds per worker.
@@ -116,6 +152,7 @@ class GroundingDatasetMapper(DatasetMapper):
         self.num_negatives = num_negatives
         self.full_negative_prob = full_negative_prob
         self.shuffle_prompt = shuffle_prompt
+        self.fixed_train_prompt = fixed_train_prompt
         self.default_dataset = default_dataset
         self.rng = random.Random(seed) if seed is not None else random
         self._samplers = {}
@@ -124,8 +161,6 @@ class GroundingDatasetMapper(DatasetMapper):
 
     @classmethod
     def from_config(cls, cfg, is_train=True, tokenizer=None):
-        from .transforms import GLIPResizeShortestEdge
-
         if is_train:
             sizes, max_size = cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN
             style = cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
@@ -147,6 +182,7 @@ class GroundingDatasetMapper(DatasetMapper):
             "num_negatives": cfg.DATASETS.GLIP.NUM_NEGATIVES,
             "full_negative_prob": cfg.DATASETS.GLIP.FULL_NEGATIVE_PROB,
             "shuffle_prompt": cfg.DATASETS.GLIP.SHUFFLE_PROMPT,
+            "fixed_train_prompt": cfg.DATASETS.GLIP.FIXED_TRAIN_PROMPT,
             "default_dataset": names[0] if len(names) == 1 else None,
         }
 
@@ -168,17 +204,26 @@ class GroundingDatasetMapper(DatasetMapper):
         name, classes = self._class_names(record)
         if self.tokenizer is None:
             raise ValueError("GroundingDatasetMapper needs a tokenizer for detection prompts")
-        if not self.is_train:
+        if not self.is_train or self.fixed_train_prompt:
             if name not in self._test_prompts:
-                caption, spans = build_detection_prompt(classes, self.separator)
-                fits = count_prompt_tokens(self.tokenizer, caption) + 2 <= self.max_query_len
-                self._test_prompts[name] = (
-                    {"caption": caption, "phrase_spans": spans, "phrase_names": list(classes)}
-                    if fits
-                    else {"class_names": list(classes)}
+                self._test_prompts[name] = self._fixed_prompt(name, classes)
+            prompt = copy.deepcopy(self._test_prompts[name])
+            if not self.is_train:
+                return prompt, None
+            if "class_names" in prompt:
+                raise ValueError(
+                    f"DATASETS.GLIP.FIXED_TRAIN_PROMPT: the prompt of all {len(classes)} classes "
+                    f"of {name!r} exceeds MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN="
+                    f"{self.max_query_len} tokens; train it with sampled prompts instead"
                 )
-            return copy.deepcopy(self._test_prompts[name]), None
+            return prompt, {c: c for c in range(len(classes))}
         if name not in self._samplers:
+            if MetadataCatalog.get(name).get("prompt_overrides", None):
+                logger.warning(
+                    f"The prompt overrides of {name!r} apply to its evaluation prompt and, with "
+                    "DATASETS.GLIP.FIXED_TRAIN_PROMPT, to training; sampled training prompts "
+                    "use the plain class names (official: CAPTION_PROMPT needs DISABLE_SHUFFLE)"
+                )
             self._samplers[name] = TrainingPromptSampler(
                 self.tokenizer,
                 classes,
@@ -196,28 +241,33 @@ class GroundingDatasetMapper(DatasetMapper):
         }
         return prompt, {c: k for k, c in enumerate(phrase_classes)}
 
+    def _fixed_prompt(self, name, classes):
+        """All classes in id order with the dataset's ``prompt_overrides`` metadata (the official
+        evaluation prompt; docs/OFFICIAL_BEHAVIOURS.md, "Detection prompts and chunks");
+        ``class_names`` (chunked by the model, no overrides) when it exceeds the token limit."""
+        overrides = MetadataCatalog.get(name).get("prompt_overrides", None)
+        caption, spans = build_detection_prompt(
+            classes, self.separator, overrides=overrides, check_duplicates=False
+        )
+        warn_vocabulary(self.tokenizer, classes)
+        if prompt_fits(self.tokenizer, caption, self.max_query_len):
+            return {"caption": caption, "phrase_spans": spans, "phrase_names": list(classes)}
+        if overrides:
+            logger.warning(
+                f"The prompt of {name!r} exceeds {self.max_query_len} tokens: it is chunked "
+                "from the plain class names and its prompt overrides are not used"
+            )
+        return {"class_names": list(classes)}
+
     @staticmethod
     def _grounding_prompt(record, annos, is_train):
-        caption = record["caption"]
-        if not caption:
+        """Returns (dict of prompt keys, phrase index of each annotation)."""
+        if not record["caption"]:
             raise ValueError(f"Record {record.get('file_name')!r} has an empty caption")
-        phrases, box_phrase = [], []
-        for anno in annos:
-            spans = [[int(s), int(e)] for s, e in anno["tokens_positive"]]
-            for s, e in spans:
-                if not 0 <= s < e <= len(caption):
-                    raise ValueError(
-                        f"Record {record.get('file_name')!r}: span [{s}, {e}) lies outside its "
-                        f"caption of length {len(caption)}: {caption!r}"
-                    )
-            if spans not in phrases:
-                phrases.append(spans)
-            box_phrase.append(phrases.index(spans))
-        if not is_train and record.get("tokens_positive_eval"):
-            phrases = [[list(s) for s in p] for p in record["tokens_positive_eval"]]
+        phrases, box_phrase = record_phrases(record, annos, use_eval_phrases=not is_train)
         if not phrases:
             raise ValueError(f"Record {record.get('file_name')!r} has no phrase to ground")
-        prompt = {"caption": caption, "phrase_spans": phrases}
+        prompt = {"caption": record["caption"], "phrase_spans": phrases}
         for key in ("phrase_ids", "phrase_names", "sentence_id", "original_img_id"):
             if key in record:
                 prompt[key] = copy.deepcopy(record[key])
@@ -226,52 +276,46 @@ class GroundingDatasetMapper(DatasetMapper):
     # ---- boxes ---------------------------------------------------------------------------
     def _legacy_boxes(self, record, annos, height, width):
         """Inclusive xyxy boxes at the original size and the indices of the kept annotations."""
-        boxes, keep = [], []
-        for i, anno in enumerate(annos):
-            x, y, w, h = BoxMode.convert(anno["bbox"], anno["bbox_mode"], BoxMode.XYWH_ABS)
-            x1, y1, x2, y2 = x, y, x + w - 1, y + h - 1
-            if x1 > width - 1 or y1 > height - 1 or x2 < 0 or y2 < 0:
-                raise ValueError(
-                    f"Record {record.get('file_name')!r}: box {list(anno['bbox'])} lies entirely "
-                    f"outside the {width}x{height} image"
-                )
-            x1, x2 = min(max(x1, 0), width - 1), min(max(x2, 0), width - 1)
-            y1, y2 = min(max(y1, 0), height - 1), min(max(y2, 0), height - 1)
-            if x2 <= x1 or y2 <= y1:
-                self.num_degenerate += 1
-                continue
-            boxes.append([x1, y1, x2, y2])
-            keep.append(i)
+        xywh = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYWH_ABS) for a in annos]
+        xywh = np.asarray(xywh, dtype=np.float64).reshape(-1, 4)
+        boxes = xywh_to_legacy_xyxy(xywh)
+        bad = ~np.isfinite(xywh).all(axis=1) | (xywh[:, 2] < 0) | (xywh[:, 3] < 0)
+        bad |= (boxes[:, 0] > width - 1) | (boxes[:, 1] > height - 1)
+        bad |= (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
+        if bad.any():  # the loaders refuse these already (datasets/checks.py); other records
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"Record {record.get('file_name')!r} (image_id={record.get('image_id')}): box "
+                f"{list(annos[i]['bbox'])} {box_problem(xywh[i], height, width)}"
+            )
+        boxes = clip_boxes_legacy(boxes, height, width)
+        keep = np.nonzero(nonempty_legacy(boxes))[0].tolist()
         dropped = len(annos) - len(keep)
         if dropped:
+            self.num_degenerate += dropped
             logger.debug(
                 "Skipped %d degenerate boxes in %s (%d so far)",
                 dropped,
                 record.get("file_name"),
                 self.num_degenerate,
             )
-        return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), keep
+        return boxes[keep], keep
 
     # ---- main ----------------------------------------------------------------------------
     def __call__(self, dataset_dict):
         record = copy.deepcopy(dataset_dict)
-        file_name = record.get("file_name")
-        try:
-            image = utils.read_image(file_name, format=self.image_format)
-        except (OSError, ValueError) as e:
-            raise ValueError(
-                f"Cannot read image {file_name!r} of record image_id={record.get('image_id')}: {e}"
-            ) from e
-        utils.check_image_size(record, image)
+        image = read_record_image(record, self.image_format)
         height, width = image.shape[:2]
 
         annos = [a for a in record.pop("annotations", []) if a.get("iscrowd", 0) == 0]
         is_grounding = "caption" in record
         boxes, keep = self._legacy_boxes(record, annos, height, width)
-        annos = [annos[i] for i in keep]
         if is_grounding:
+            # Phrases come from every annotation, as the grounding evaluators read them.
             prompt, box_phrase = self._grounding_prompt(record, annos, self.is_train)
+            box_phrase = [box_phrase[i] for i in keep]
         else:
+            annos = [annos[i] for i in keep]
             class_ids = [int(a["category_id"]) for a in annos]
             prompt, class_to_phrase = self._detection_prompt(record, class_ids)
             if class_to_phrase is not None:  # boxes of classes left out of the prompt go
@@ -287,15 +331,7 @@ class GroundingDatasetMapper(DatasetMapper):
 
         if self.is_train and self.flip_prob > 0 and self.rng.random() < self.flip_prob:
             image = image[:, ::-1]
-            # legacy flip: x' = W - x - 1 on inclusive coordinates
-            boxes = (
-                np.stack(
-                    [new_w - boxes[:, 2] - 1, boxes[:, 1], new_w - boxes[:, 0] - 1, boxes[:, 3]],
-                    axis=1,
-                )
-                if len(boxes)
-                else boxes
-            )
+            boxes = flip_boxes_legacy(boxes, new_w)
             if "caption" in prompt:
                 prompt["caption"], prompt["phrase_spans"] = swap_left_right(
                     prompt["caption"], prompt["phrase_spans"]

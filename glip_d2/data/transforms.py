@@ -1,4 +1,5 @@
-"""Resize with the official GLIP size rule (spec §2.3).
+"""Resize with the official GLIP size rule (microsoft/GLIP maskrcnn_benchmark/data/transforms/
+transforms.py, ``Resize.get_size``; docs/OFFICIAL_BEHAVIOURS.md, "Resize rule").
 
 Detectron2's :class:`ResizeShortestEdge` rounds both sides to the nearest integer and caps the
 long side by rescaling; the official transform instead lowers the target short side to

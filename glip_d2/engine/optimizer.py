@@ -1,8 +1,9 @@
 """GLIP's optimizer: parameter groups, tuning modes and whole-model gradient clipping.
 
-Official recipe (spec §1.4, §5.5, §8.1): AdamW, ``language_backbone.*`` at ``SOLVER.GLIP.LANG_LR``,
-biases at ``BIAS_LR_FACTOR`` x their lr with ``WEIGHT_DECAY_BIAS``, norms without weight decay,
-and one L2 clip over the gradients of the whole model.
+Official recipe (microsoft/GLIP maskrcnn_benchmark/solver/build.py, ``make_optimizer``): AdamW,
+``language_backbone.*`` at ``SOLVER.GLIP.LANG_LR``, biases at ``BIAS_LR_FACTOR`` x their lr
+with ``WEIGHT_DECAY_BIAS``, norms without weight decay, and one L2 clip over the gradients of
+the whole model.
 """
 
 import logging
@@ -23,12 +24,12 @@ logger = logging.getLogger(__name__)
 
 LANGUAGE_PREFIX = "language_backbone."
 PROMPT_PARAM = "language_backbone.tunable_linear.weight"
-# Parameter-name fragments that stay trainable in the linear probe (official
-# tuning_highlevel_override "linear_prob"; cls_logits does not exist here).
+# Parameter-name fragments that stay trainable in the linear probe (microsoft/GLIP
+# tools/finetune.py, tuning_highlevel_override "linear_prob"; its cls_logits and cosine_scale
+# name parameters glip_d2's head does not have).
 LINEAR_PROBE_KEYWORDS = (
     "bbox_pred",
     "centerness",
-    "cosine_scale",
     "dot_product_projection_text",
     "head.log_scale",
     "head.bias_lang",
@@ -53,7 +54,8 @@ def _keep_eval(module):
 
 
 def apply_tuning_mode(cfg, model):
-    """Freeze the parameters that ``SOLVER.GLIP.TUNING`` does not train (spec §8.1).
+    """Freeze the parameters that ``SOLVER.GLIP.TUNING`` does not train (microsoft/GLIP
+    tools/finetune.py, ``tuning_highlevel_override``).
 
     ``full`` leaves the model as built (its own freezes such as ``MODEL.SWIN.FREEZE_AT`` stay);
     ``linear_prob`` trains only the prediction layers listed in :data:`LINEAR_PROBE_KEYWORDS`;
@@ -103,7 +105,8 @@ def glip_optimizer_params(cfg, model):
 
     Built with D2's :func:`get_default_optimizer_params`; the lr of a parameter is
     ``BASE_LR x (LANG_LR / BASE_LR if language) x (BIAS_LR_FACTOR if bias)`` as in the official
-    ``make_optimizer`` (language biases get ``2 x LANG_LR``).
+    ``make_optimizer`` (language biases get ``2 x LANG_LR``); the prompt-tuning table is not a
+    language parameter there.
     """
     base_lr = cfg.SOLVER.BASE_LR
     if base_lr <= 0:
@@ -112,7 +115,10 @@ def glip_optimizer_params(cfg, model):
     bias_factor = cfg.SOLVER.BIAS_LR_FACTOR
 
     def lr_factor(name):
-        factor = lang_factor if name.startswith(LANGUAGE_PREFIX) else 1.0
+        # The prompt-tuning table sits in the official RPN (rpn.tunable_linear), outside the
+        # language backbone's LANG_LR group: it trains at BASE_LR (0.05 in prompt tuning).
+        is_language = name.startswith(LANGUAGE_PREFIX) and name != PROMPT_PARAM
+        factor = lang_factor if is_language else 1.0
         if name.endswith(".bias"):
             factor *= bias_factor
         return factor

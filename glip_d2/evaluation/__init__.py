@@ -1,10 +1,18 @@
-"""Evaluators: COCO (+1 export), LVIS (fixed AP), Flickr30K recall, RefCOCO accuracy, ODinW."""
+"""Evaluators: COCO (+1 export), LVIS (fixed AP), Flickr30K recall, RefCOCO accuracy, ODinW;
+image-text retrieval metrics."""
 
 from .build import EVALUATOR_TYPES, build_glip_evaluator
 from .coco import GLIPCOCOEvaluator, legacy_instances_to_coco_json
 from .grounding import FlickrRecallEvaluator, RefExpAccuracyEvaluator, box_iou_xyxy
 from .lvis import GLIPLVISEvaluator, top_k_per_category
 from .odinw import average_over_datasets
+from .retrieval import (
+    caption_table,
+    random_ranking_recalls,
+    rerank_scores,
+    retrieval_recalls,
+    top_k_pairs,
+)
 
 __all__ = [
     "EVALUATOR_TYPES",
@@ -15,6 +23,11 @@ __all__ = [
     "average_over_datasets",
     "box_iou_xyxy",
     "build_glip_evaluator",
+    "caption_table",
     "legacy_instances_to_coco_json",
+    "random_ranking_recalls",
+    "rerank_scores",
+    "retrieval_recalls",
+    "top_k_pairs",
     "top_k_per_category",
 ]

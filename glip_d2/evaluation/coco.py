@@ -3,19 +3,25 @@
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 
+from ..structures import legacy_xyxy_to_xywh
+
 __all__ = ["GLIPCOCOEvaluator", "legacy_instances_to_coco_json"]
 
 
 def legacy_instances_to_coco_json(instances, img_id):
     """COCO result records for boxes in the legacy inclusive convention (``x2 = x + w - 1``).
 
-    The official model exports ``w = x2 - x1 + 1`` and ``h = y2 - y1 + 1`` (spec §6.3); D2's
-    :func:`instances_to_coco_json` computes ``x2 - x1``, so one pixel is added back.
+    The official model exports ``w = x2 - x1 + 1`` and ``h = y2 - y1 + 1`` (microsoft/GLIP
+    maskrcnn_benchmark/data/datasets/evaluation/coco/coco_eval.py,
+    ``prepare_for_coco_detection``, through ``BoxList.convert("xywh")``); D2's
+    :func:`instances_to_coco_json` computes ``x2 - x1``, so its boxes are replaced by
+    :func:`glip_d2.structures.legacy_xyxy_to_xywh` of the same boxes.
     """
     records = instances_to_coco_json(instances, img_id)
-    for record in records:
-        record["bbox"][2] += 1.0
-        record["bbox"][3] += 1.0
+    if records:
+        xywh = legacy_xyxy_to_xywh(instances.pred_boxes.tensor.double()).tolist()
+        for record, box in zip(records, xywh, strict=True):
+            record["bbox"] = box
     return records
 
 

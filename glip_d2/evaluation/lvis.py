@@ -1,4 +1,5 @@
-"""LVIS box AP: D2's evaluator, plus the MDETR "fixed AP" protocol (spec §6.6)."""
+"""LVIS box AP: D2's evaluator, plus the MDETR "fixed AP" protocol (microsoft/GLIP
+maskrcnn_benchmark/data/datasets/evaluation/lvis/lvis_eval.py, ``LvisEvaluatorFixedAP``)."""
 
 import itertools
 from collections import defaultdict
@@ -31,7 +32,7 @@ def top_k_per_category(records, k=FIXED_AP_TOPK):
 class GLIPLVISEvaluator(LVISEvaluator):
     """LVIS evaluation of the model's predictions.
 
-    Boxes are exported as D2 does, ``w = x2 - x1`` (the official LVIS path has no +1, spec §6.3).
+    Boxes are exported as D2 does, ``w = x2 - x1`` (the official LVIS path has no +1).
     Long vocabularies are chunked by the model (``class_names`` + ``MODEL.GLIP.CHUNK_SIZE``);
     its outputs already hold every chunk's detections with global class indices.
 

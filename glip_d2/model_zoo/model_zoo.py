@@ -10,8 +10,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from detectron2.config import get_cfg
+from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
+
+from .. import modeling  # noqa: F401  (registers the meta-architecture and backbones)
+from ..checkpoint import GLIPCheckpointer
+from ..config import add_glip_config
 
 __all__ = [
     "MODELS",
@@ -52,7 +58,7 @@ class ReleasedModel:
         return HF_URL_PREFIX + self.filename
 
 
-# Numbers: microsoft/GLIP README "Model Zoo" table (spec §7.2). GLIP-L's fine-tuned COCO number
+# Numbers: microsoft/GLIP README "Model Zoo" table. GLIP-L's fine-tuned COCO number
 # uses multi-scale testing.
 MODELS = {
     "GLIP-T_A": ReleasedModel(
@@ -168,10 +174,6 @@ def get_config(name, trained=False):
     Returns:
         CfgNode: with glip_d2's keys; ``MODEL.DEVICE`` is "cuda" when available, else "cpu".
     """
-    import torch
-
-    from ..config import add_glip_config
-
     cfg = add_glip_config(get_cfg())
     cfg.merge_from_file(get_config_file(name))
     if trained:
@@ -185,11 +187,6 @@ def get_config(name, trained=False):
 
 def get(name, trained=True, device=None):
     """Build a released GLIP model (eval mode), with its official weights when ``trained``."""
-    from detectron2.modeling import build_model
-
-    from .. import modeling  # noqa: F401  (registers the meta-architecture and backbones)
-    from ..checkpoint import GLIPCheckpointer
-
     cfg = get_config(name, trained=False)
     if device is not None:
         cfg.MODEL.DEVICE = device

@@ -1,4 +1,5 @@
-"""ATSS anchor assignment (adaptive training sample selection, spec §5.4 and §13.1).
+"""ATSS anchor assignment (adaptive training sample selection; microsoft/GLIP
+maskrcnn_benchmark/modeling/rpn/loss.py, ``ATSSLossComputation.prepare_targets``).
 
 For every ground-truth box the ``topk`` anchors of each level whose centres are closest to the
 box centre become candidates; a candidate is positive when its IoU reaches the mean plus the
@@ -8,7 +9,7 @@ box. An anchor positive for several boxes goes to the one it overlaps most.
 
 import torch
 
-from .box_coder import pairwise_iou_legacy
+from ..structures import pairwise_iou_legacy
 
 __all__ = ["ATSSMatcher"]
 

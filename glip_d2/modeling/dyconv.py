@@ -1,4 +1,7 @@
-"""DyConv: the visual layer of DyHead as used by GLIP (spec §4.4, §13.5-§13.8).
+"""DyConv: the visual layer of DyHead as used by GLIP.
+
+Official counterpart: microsoft/GLIP maskrcnn_benchmark/modeling/rpn/vldyhead.py, ``DyConv``
+(docs/OFFICIAL_BEHAVIOURS.md, "DyConv offset reuse").
 
 Each output level mixes three 3x3 convolutions: of the same level, of the finer level (stride
 2) and of the coarser level (upsampled), weighted by scale attention, then applies DyReLU.

@@ -1,4 +1,6 @@
-"""Bidirectional image-text cross-attention of GLIP's deep fusion (spec §4.2).
+"""Bidirectional image-text cross-attention of GLIP's deep fusion (microsoft/GLIP
+maskrcnn_benchmark/utils/fuse_helper.py, ``BiMultiHeadAttention`` and
+``BiAttentionBlockForCheckpoint``; docs/OFFICIAL_BEHAVIOURS.md, "Fusion residual and masks").
 
 One block updates all five visual levels and the text features together: the visual tokens of
 P3..P7 are concatenated and attend jointly to the text tokens, and the text tokens attend to all
@@ -9,6 +11,8 @@ official checkpoints load by renaming prefixes only (docs/DESIGN.md).
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .clamp import clamp_abs
 
 __all__ = ["FUSION_IMPLS", "BiMultiHeadAttention", "VLFusionBlock"]
 
@@ -128,11 +132,6 @@ class BiMultiHeadAttention(nn.Module):
             .reshape(batch, t, self.embed_dim)
         )
 
-    def _clamp(self, x):
-        if self.clamp_value:
-            x = x.clamp(min=-self.clamp_value, max=self.clamp_value)
-        return x
-
     def reassociates(self, num_v, num_l):
         """Whether ``num_v`` visual and ``num_l`` text tokens take the reassociated order."""
         if self.impl != "auto":
@@ -153,12 +152,12 @@ class BiMultiHeadAttention(nn.Module):
             ``attn_l`` (B*heads, L, N).
         """
         num_v, num_l = scores.shape[1:]
-        scores = self._clamp(scores)
+        scores = clamp_abs(scores, self.clamp_value)
 
         # Text -> image: every text token (padding included) queries all locations; the row max
         # is subtracted explicitly, as in the official code, before the second clamp.
         scores_l = scores.transpose(1, 2)
-        scores_l = self._clamp(scores_l - scores_l.max(dim=-1, keepdim=True)[0])
+        scores_l = clamp_abs(scores_l - scores_l.max(dim=-1, keepdim=True)[0], self.clamp_value)
         attn_l = scores_l.softmax(dim=-1)
 
         # Image -> text: padded tokens get -9e15, valid ones +1 (the official long mask).
@@ -254,8 +253,9 @@ class BiMultiHeadAttention(nn.Module):
         Returns:
             (Tensor, Tensor): image->text and text->image maps, both (B, N, heads, L).
         """
-        scores = self._clamp(scores)
-        attn_l = self._clamp(scores - scores.max(dim=1, keepdim=True)[0]).softmax(dim=1)
+        scores = clamp_abs(scores, self.clamp_value)
+        attn_l = clamp_abs(scores - scores.max(dim=1, keepdim=True)[0], self.clamp_value)
+        attn_l = attn_l.softmax(dim=1)
         if text_mask is not None:
             scores = scores + _text_bias(text_mask, scores.dtype)[:, None, None, :]
         attn_v = scores.softmax(dim=-1).to(dtype)

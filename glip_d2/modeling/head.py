@@ -1,4 +1,5 @@
-"""VLDyHead: GLIP's fused DyHead tower and prediction layers (spec §4.1, §4.5).
+"""VLDyHead: GLIP's fused DyHead tower and prediction layers (microsoft/GLIP
+maskrcnn_benchmark/modeling/rpn/vldyhead.py, ``VLDyHead``).
 
 The tower has ``NUM_LAYERS`` layers; each is (with early fusion) a vision-language fusion
 block, a BERT layer on the text path and a DyConv on the visual path. The prediction layers
@@ -15,28 +16,51 @@ from detectron2.utils.registry import Registry
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..structures import TextFeatures
+from .clamp import clamp_abs
 from .dyconv import DyConv
 from .fusion import VLFusionBlock
 from .text_layer import ClampedBertLayer, TextLayerConfig
 
-__all__ = ["GLIP_HEAD_REGISTRY", "build_glip_head", "Scale", "VLDyHeadLayer", "VLDyHead"]
+__all__ = [
+    "GLIP_HEAD_REGISTRY",
+    "build_glip_head",
+    "flatten_levels",
+    "Scale",
+    "VLDyHeadLayer",
+    "VLDyHead",
+]
 
 GLIP_HEAD_REGISTRY = Registry("GLIP_HEAD")
 GLIP_HEAD_REGISTRY.__doc__ = """
 Registry for GLIP's vision-language detection heads. The registered object is called with
-``(cfg, lang_config)`` and returns an ``nn.Module`` with the forward contract of ``VLDyHead``.
+``(cfg, input_shape, lang_config=...)`` and returns an ``nn.Module`` with the forward contract
+of ``VLDyHead``.
 """
 
 
-def build_glip_head(cfg, lang_config=None):
+def build_glip_head(cfg, input_shape, lang_config=None):
     """Build the head named by ``cfg.MODEL.GLIP.HEAD_NAME`` (default "VLDyHead").
 
     Args:
+        input_shape (list[ShapeSpec]): the backbone's output shapes of P3..P7, in stride order.
         lang_config: the text encoder's config (a transformers ``PretrainedConfig`` or a dict);
             None derives BERT-family sizes from ``MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE``.
     """
     name = cfg.MODEL.GLIP.HEAD_NAME
-    return GLIP_HEAD_REGISTRY.get(name)(cfg, lang_config=lang_config)
+    return GLIP_HEAD_REGISTRY.get(name)(cfg, input_shape, lang_config=lang_config)
+
+
+def flatten_levels(maps):
+    """Dense per-level maps -> one (B, N, C) tensor, the layout of every head output.
+
+    Args:
+        maps (list[Tensor]): per level (B, C, H_l, W_l).
+    Returns:
+        Tensor: (B, sum_l H_l*W_l, C), locations row-major within a level, levels in order
+        (the order of the anchors; detectron2's dense detectors transpose the same way).
+    """
+    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
 
 
 class Scale(nn.Module):
@@ -81,10 +105,10 @@ class VLDyHeadLayer(nn.Module):
 class VLDyHead(nn.Module):
     """GLIP's head (official ``VLDyHead`` with the dot-product token classifier).
 
-    Forward contract (docs/DESIGN.md): ``head(features, lang)`` with ``features`` the 5 maps
-    P3..P7 (B, C_in, H_l, W_l) and ``lang`` a dict of ``hidden`` (B, L, D), ``embedded``
-    (B, L, D) and ``masks`` (B, L) returns ``logits`` [(B, H_l*W_l, L)], ``bbox_reg``
-    [(B, 4, H_l, W_l)] and ``centerness`` [(B, 1, H_l, W_l)].
+    Forward contract (docs/DESIGN.md): ``head(features, text)`` with ``features`` the 5 maps
+    P3..P7 (B, C_in, H_l, W_l) and ``text`` a :class:`TextFeatures` returns ``logits``
+    (B, N, L), ``bbox_reg`` (B, N, 4) and ``centerness`` (B, N, 1), N = sum_l H_l*W_l in level
+    order (:func:`flatten_levels`).
     """
 
     @configurable
@@ -185,13 +209,14 @@ class VLDyHead(nn.Module):
         self.bias0 = nn.Parameter(torch.tensor([-math.log((1.0 - prior_prob) / prior_prob)]))
 
     @classmethod
-    def from_config(cls, cfg, lang_config=None, in_channels=None):
+    def from_config(cls, cfg, input_shape, lang_config=None):
         """
         Args:
+            input_shape (list[ShapeSpec]): the feature levels (the backbone's
+                ``output_shape()`` in stride order); they give the input width and level count.
             lang_config: the text encoder's config (transformers config or dict), a
                 ``TextLayerConfig``, or None for BERT-family sizes of
                 ``MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE``.
-            in_channels (int or None): FPN width; default ``MODEL.FPN.OUT_CHANNELS``.
         """
         g = cfg.MODEL.GLIP
         if lang_config is None:
@@ -205,12 +230,11 @@ class VLDyHead(nn.Module):
                 f"text encoder hidden size {text_config.hidden_size} != "
                 f"MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE={cfg.MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE}"
             )
-        if len(g.ANCHOR_STRIDES) != 5:
-            raise ValueError(
-                f"MODEL.GLIP.ANCHOR_STRIDES must list 5 levels (P3..P7), got {g.ANCHOR_STRIDES}"
-            )
+        widths = {s.channels for s in input_shape}
+        if len(widths) != 1:
+            raise ValueError(f"VLDyHead needs feature levels of one width, got {input_shape}")
         return {
-            "in_channels": in_channels if in_channels is not None else cfg.MODEL.FPN.OUT_CHANNELS,
+            "in_channels": widths.pop(),
             "channels": g.CHANNELS,
             "num_layers": g.NUM_LAYERS,
             "text_config": text_config,
@@ -226,37 +250,33 @@ class VLDyHead(nn.Module):
             "prior_prob": g.PRIOR_PROB,
             "log_scale": g.LOG_SCALE,
             "clamp_value": g.CLAMP_VALUE,
-            "num_levels": len(g.ANCHOR_STRIDES),
+            "num_levels": len(input_shape),
             "use_checkpoint": g.USE_CHECKPOINT,
             "fusion_impl": g.FUSION_IMPL,
             "deform_conv_impl": g.DEFORM_CONV_IMPL,
             "deform_conv_low_precision": g.DEFORM_CONV_LOW_PRECISION,
         }
 
-    def _clamp(self, x):
-        return x.clamp(min=-self.clamp_value, max=self.clamp_value) if self.clamp_value else x
-
-    def forward(self, features, lang, stage_outputs=None):
+    def forward(self, features, text, stage_outputs=None):
         """
         Args:
             features (list[Tensor]): P3..P7, each (B, C_in, H_l, W_l).
-            lang (dict): ``hidden`` (B, L, D), ``embedded`` (B, L, D), ``masks`` (B, L).
+            text (TextFeatures): ``hidden``, ``embedded`` (B, L, D) and ``mask`` (B, L).
             stage_outputs (list or None): when given, receives one dict per tower stage in
                 official tower order (``type`` "fusion" / "text_layer" / "dyconv", with
                 ``visual`` and/or ``lang_hidden``), for debugging and parity tests.
         Returns:
-            dict: ``logits`` [(B, H_l*W_l, L)] clamped dot-product token logits,
-            ``bbox_reg`` [(B, 4, H_l, W_l)] box deltas after the per-level scales,
-            ``centerness`` [(B, 1, H_l, W_l)] logits.
+            dict: ``logits`` (B, N, L) clamped dot-product token logits, ``bbox_reg`` (B, N, 4)
+            box deltas after the per-level scales, ``centerness`` (B, N, 1) logits; N runs over
+            the locations of P3..P7 (:func:`flatten_levels`).
         """
         if len(features) != len(self.scales):
             raise ValueError(
                 f"VLDyHead expects {len(self.scales)} feature levels, got {len(features)}"
             )
-        for key in ("hidden", "masks"):
-            if key not in lang:
-                raise KeyError(f"VLDyHead: language dict lacks {key!r} (has {sorted(lang)})")
-        hidden, text_mask = lang["hidden"], lang["masks"]
+        if not isinstance(text, TextFeatures):
+            raise TypeError(f"VLDyHead expects TextFeatures, got {type(text).__name__}")
+        hidden, text_mask = text.hidden, text.mask
         features = list(features)
         recompute = self.use_checkpoint and self.training and torch.is_grad_enabled()
         for layer in self.tower:
@@ -269,14 +289,7 @@ class VLDyHead(nn.Module):
             else:
                 features, hidden = layer(features, hidden, text_mask, stage_outputs)
 
-        if self.use_fused_features_dot_product:
-            tokens = hidden
-        else:
-            if "embedded" not in lang:
-                raise KeyError(
-                    "VLDyHead: USE_FUSED_FEATURES_DOT_PRODUCT=False needs lang['embedded']"
-                )
-            tokens = lang["embedded"]
+        tokens = hidden if self.use_fused_features_dot_product else text.embedded
         tokens = F.normalize(tokens, p=2, dim=-1)
         proj_tokens = self.dot_product_projection_text(tokens / 2.0)  # (B, L, C)
         token_bias = torch.matmul(tokens, self.bias_lang) + self.bias0  # (B, L)
@@ -289,7 +302,11 @@ class VLDyHead(nn.Module):
                 torch.matmul(queries, proj_tokens.transpose(-1, -2)) / temperature
                 + token_bias[:, None, :]
             )
-            logits.append(self._clamp(logit))
+            logits.append(clamp_abs(logit, self.clamp_value))
             bbox_reg.append(self.scales[level](self.bbox_pred(x)))
             centerness.append(self.centerness(x))
-        return {"logits": logits, "bbox_reg": bbox_reg, "centerness": centerness}
+        return {
+            "logits": torch.cat(logits, dim=1),
+            "bbox_reg": flatten_levels(bbox_reg),
+            "centerness": flatten_levels(centerness),
+        }

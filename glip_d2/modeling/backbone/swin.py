@@ -1,4 +1,5 @@
-"""Swin Transformer v1 visual backbone with the official GLIP parameter layout (spec §2.1).
+"""Swin Transformer v1 visual backbone with the official GLIP parameter layout (microsoft/GLIP
+maskrcnn_benchmark/modeling/backbone/swint.py, ``SwinTransformer``).
 
 Detectron2's :class:`~detectron2.modeling.backbone.swin.SwinTransformer` already has GLIP's
 blocks, parameter names, -100 shift mask, pad-after-norm1 and patch-merging order. This

@@ -1,4 +1,4 @@
-"""The prompts of a batch: validation, detection vocabularies and their chunks, positive maps.
+"""Prompt jobs: which prompts the head runs for each image of a batch, and their positive maps.
 
 Each image of a batch becomes one or more *prompt jobs*: one pass of the fused head with one
 prompt. An image given ``caption`` + ``phrase_spans`` has one job; an image given
@@ -9,10 +9,11 @@ in ``max_len`` tokens and no ``chunk_size`` is set).
 from collections import OrderedDict
 from typing import NamedTuple
 
-from ..data.positive_map import build_positive_map
-from ..data.prompts import build_detection_prompt, chunk_phrases
+from .positive_map import build_positive_map
+from .prompts import build_detection_prompt, chunk_phrases, prompt_fits, warn_vocabulary
+from .spans import check_phrase_spans
 
-__all__ = ["PromptJob", "PromptBuilder"]
+__all__ = ["PromptJob", "PromptJobBuilder"]
 
 
 class PromptJob(NamedTuple):
@@ -47,7 +48,7 @@ class _LRU(OrderedDict):
         return value
 
 
-class PromptBuilder:
+class PromptJobBuilder:
     """Turns input dicts into prompt jobs and builds (cached) binary positive maps."""
 
     def __init__(self, tokenizer, max_len=256, chunk_size=0, separator=". ", cache_size=64):
@@ -68,15 +69,17 @@ class PromptBuilder:
 
     def _vocabulary_prompts(self, names):
         """[(caption, spans, phrase_ids)] covering ``names`` in order, one per chunk."""
-        caption, spans = build_detection_prompt(names, self.separator)
-        num_tokens = len(self.tokenizer.tokenize(caption)) + 2  # [CLS] and [SEP]
-        if self.chunk_size <= 0 and num_tokens <= self.max_len:
+        caption, spans = build_detection_prompt(names, self.separator, check_duplicates=False)
+        warn_vocabulary(self.tokenizer, names)  # once for the vocabulary, not per chunk
+        if self.chunk_size <= 0 and prompt_fits(self.tokenizer, caption, self.max_len):
             return [(caption, _freeze_spans(spans), tuple(range(len(names))))]
         out = []
         for chunk in chunk_phrases(
             self.tokenizer, names, self.max_len, self.chunk_size, self.separator
         ):
-            caption, spans = build_detection_prompt([names[i] for i in chunk], self.separator)
+            caption, spans = build_detection_prompt(
+                [names[i] for i in chunk], self.separator, check_duplicates=False
+            )
             out.append((caption, _freeze_spans(spans), tuple(chunk)))
         return out
 
@@ -115,12 +118,7 @@ class PromptBuilder:
         caption, spans = inputs["caption"], inputs.get("phrase_spans")
         if not isinstance(caption, str) or not caption.strip():
             raise ValueError(f"image {index}: empty prompt (caption={caption!r})")
-        if not spans:
-            raise ValueError(
-                f"image {index}: 'phrase_spans' must list at least one phrase for caption "
-                f"{caption!r}, got {spans!r}"
-            )
-        frozen = _freeze_spans(spans)
+        frozen = _freeze_spans(check_phrase_spans(caption, spans, f"image {index}"))
         return [PromptJob(index, caption, frozen, tuple(range(len(frozen))))]
 
     def positive_map(self, job):

@@ -1,4 +1,5 @@
-"""Noun phrases of a free sentence, for prompting GLIP with a caption (official demo, spec §10).
+"""Noun phrases of a free sentence, for prompting GLIP with a caption (the official demo:
+microsoft/GLIP maskrcnn_benchmark/engine/predictor_glip.py, ``GLIPDemo.run_ner``).
 
 The official demo tags the caption with NLTK and chunks it with the grammar
 ``NP: {<DT>?<JJ.*>*<NN.*>+}``. NLTK's tagger data is not installable from PyPI, so glip_d2 tags

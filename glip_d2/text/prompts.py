@@ -7,19 +7,24 @@ Spans are half-open ``[start, end)`` character ranges into the caption; phrase `
 import logging
 import re
 
+from detectron2.utils.logger import log_first_n
+
 __all__ = [
     "clean_name",
     "build_detection_prompt",
     "chunk_phrases",
     "count_prompt_tokens",
+    "prompt_fits",
     "TrainingPromptSampler",
+    "warn_vocabulary",
 ]
 
 logger = logging.getLogger(__name__)
 
 
 def clean_name(name: str) -> str:
-    """The official category-name cleaning (spec §5.1), quirks included.
+    """The official category-name cleaning, quirks included (microsoft/GLIP
+    maskrcnn_benchmark/data/datasets/od_to_grounding.py, ``clean_name``).
 
     1. Remove a "(...)" substring with a *greedy* regex: everything from the first "(" to the
        last ")" goes, including what lies between two parenthesised groups.
@@ -57,7 +62,8 @@ def _override_parts(name, overrides):
 
 
 def build_detection_prompt(names, separator=". ", overrides=None, check_duplicates=True):
-    """The evaluation / fine-tuning detection prompt (spec §6.4, official ``_simple`` variant).
+    """The evaluation / fine-tuning detection prompt (microsoft/GLIP maskrcnn_benchmark/data/
+    datasets/od_to_grounding.py, ``convert_od_to_grounding_simple``).
 
     Args:
         names (list[str]): category names in prompt order (the caller sorts them by id).
@@ -100,16 +106,53 @@ def build_detection_prompt(names, separator=". ", overrides=None, check_duplicat
     return caption, spans
 
 
+def warn_vocabulary(tokenizer, names):
+    """Warn about category names the model cannot tell apart: names whose cleaned text gives
+    the same word pieces (``"Dog"`` and ``"dog"`` for an uncased tokenizer, ``"bow_(weapon)"``
+    and ``"bow_(decorative_ribbons)"``, two names made only of [UNK] tokens). Once per
+    vocabulary and process, however many prompts or chunks the vocabulary makes.
+
+    Names made only of [UNK] tokens are reported by :func:`~glip_d2.text.build_positive_map`,
+    which sees every prompt, captions included.
+
+    Returns:
+        list[list[str]]: the groups of indistinguishable names (empty when none).
+    """
+    groups = {}
+    for name in names:
+        groups.setdefault(tuple(tokenizer.tokenize(clean_name(name))), []).append(name)
+    clashes = [group for group in groups.values() if len(group) > 1]
+    if clashes:
+        log_first_n(
+            logging.WARNING,
+            f"Category names the model cannot tell apart (the same word pieces after "
+            f"clean_name) in a vocabulary of {len(names)}: {clashes}",
+            name=__name__,
+            key="message",
+        )
+    return clashes
+
+
 def count_prompt_tokens(tokenizer, text):
     """Number of word pieces of ``text`` without [CLS]/[SEP] (official ``len(tokenize(...))``)."""
     return len(tokenizer.tokenize(text))
+
+
+def prompt_fits(tokenizer, caption, max_len):
+    """Whether ``caption`` plus [CLS] and [SEP] fits in ``max_len`` tokens.
+
+    The one test of "does this vocabulary need chunks": the official evaluation tokenizes
+    detection prompts without truncation, so a longer prompt must be split, never cut.
+    """
+    return count_prompt_tokens(tokenizer, caption) + 2 <= max_len
 
 
 def chunk_phrases(tokenizer, names, max_len=256, chunk_size=0, separator=". "):
     """Split ``names`` into consecutive chunks whose detection prompt fits ``max_len`` tokens.
 
     The length counted includes [CLS] and [SEP]. With ``chunk_size > 0`` a chunk also holds
-    at most ``chunk_size`` names (the official ``TEST.CHUNKED_EVALUATION``, spec §6.5).
+    at most ``chunk_size`` names (the official ``TEST.CHUNKED_EVALUATION``; docs/
+    OFFICIAL_BEHAVIOURS.md, "Detection prompts and chunks").
 
     Returns:
         list[list[int]]: indices into ``names``, in order, covering every name once.
@@ -145,18 +188,22 @@ def chunk_phrases(tokenizer, names, max_len=256, chunk_size=0, separator=". "):
     # real prompt and split further where a tokenizer merges across boundaries.
     verified = []
     for chunk in chunks:
-        verified.extend(_split_until_fits(tokenizer, names, chunk, budget, separator))
+        verified.extend(_split_until_fits(tokenizer, names, chunk, max_len, separator))
     return verified
 
 
-def _split_until_fits(tokenizer, names, chunk, budget, separator):
-    caption, _ = build_detection_prompt([names[i] for i in chunk], separator)
-    if len(chunk) == 1 or count_prompt_tokens(tokenizer, caption) <= budget:
+def _split_until_fits(tokenizer, names, chunk, max_len, separator):
+    caption, _ = build_detection_prompt(
+        [names[i] for i in chunk], separator, check_duplicates=False
+    )
+    if len(chunk) == 1 or prompt_fits(tokenizer, caption, max_len):
         return [chunk]
     out = [[chunk[0]]]
     for i in chunk[1:]:
-        caption, _ = build_detection_prompt([names[j] for j in out[-1] + [i]], separator)
-        if count_prompt_tokens(tokenizer, caption) <= budget:
+        caption, _ = build_detection_prompt(
+            [names[j] for j in out[-1] + [i]], separator, check_duplicates=False
+        )
+        if prompt_fits(tokenizer, caption, max_len):
             out[-1].append(i)
         else:
             out.append([i])
@@ -164,9 +211,10 @@ def _split_until_fits(tokenizer, names, chunk, budget, separator):
 
 
 class TrainingPromptSampler:
-    """Detection labels -> a shuffled grounding prompt with sampled negatives (spec §5.1).
+    """Detection labels -> a shuffled grounding prompt with sampled negatives.
 
-    The official ``convert_object_detection_to_grounding_optimized_for_od`` with shuffling:
+    The official ``convert_object_detection_to_grounding_optimized_for_od`` with shuffling
+    (microsoft/GLIP maskrcnn_benchmark/data/datasets/od_to_grounding.py):
 
     1. Shuffle the positive classes; keep them while the running word-piece count of
        ``clean_name(name) + ". "`` stays <= ``max_tokens`` (254 = 256 - [CLS] - [SEP]). The
@@ -197,7 +245,8 @@ class TrainingPromptSampler:
         self.class_names = list(class_names)
         if not self.class_names:
             raise ValueError("TrainingPromptSampler: the dataset has no class names")
-        build_detection_prompt(self.class_names)  # validates names once, warns on duplicates
+        build_detection_prompt(self.class_names, check_duplicates=False)  # validates names
+        warn_vocabulary(tokenizer, self.class_names)
         # Official lengths are of "name. " (the separator counted with each class).
         self.lengths = [
             count_prompt_tokens(tokenizer, clean_name(n) + ". ") for n in self.class_names
