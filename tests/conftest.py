@@ -63,3 +63,22 @@ def reference_state_dict(reference_dir):
     official = load_reference(reference_dir, "state_dict_official_no_lang")
     converted, _ = convert_official_state_dict(official)
     return converted
+
+
+def detector_variant(model, **kwargs):
+    """A GLIPDetector sharing ``model``'s modules with other settings (chunking, ...), in eval
+    mode."""
+    from glip_d2.modeling.meta_arch import GLIPDetector
+
+    args = dict(
+        backbone=model.backbone,
+        language_backbone=model.language_backbone,
+        head=model.head,
+        anchor_generator=model.anchor_generator,
+        loss=model.loss,
+        post_processor=model.post_processor,
+        pixel_mean=model.pixel_mean.flatten().tolist(),
+        pixel_std=model.pixel_std.flatten().tolist(),
+    )
+    args.update(kwargs)
+    return GLIPDetector(**args).eval()

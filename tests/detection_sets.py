@@ -22,3 +22,17 @@ def assert_same_detections(
         )
         used[idx[0]] = True
     assert used.all()
+
+
+def assert_same_instances(a, b, box_tol=1e-3, score_tol=1e-5):
+    """Two ``Instances`` (``pred_boxes``, ``scores``, ``pred_classes``) as detection sets."""
+    assert_same_detections(
+        a.pred_boxes.tensor,
+        a.scores,
+        a.pred_classes,
+        b.pred_boxes.tensor,
+        b.scores,
+        b.pred_classes,
+        box_tol=box_tol,
+        score_tol=score_tol,
+    )

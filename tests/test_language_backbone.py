@@ -32,13 +32,21 @@ def test_registry_and_bundled_folder(minilm):
 
 
 def test_tokenization_matches_reference(minilm, reference_dir):
+    """The official layout (padded to 256) with pad_to_max; by default the batch is padded to
+    its longest caption only, with the same leading columns."""
     inputs = load_reference(reference_dir, "inputs")
-    tokens = minilm.tokenize(inputs["captions"])
+    tokens = minilm.tokenize(inputs["captions"], pad_to_max=True)
     assert tokens["input_ids"].shape == (2, 256) and tokens["input_ids"].dtype == torch.int64
     for i in range(2):
         assert torch.equal(tokens["input_ids"][i], inputs["input_ids"][i])
         assert torch.equal(tokens["attention_mask"][i], inputs["attention_mask"][i])
     assert tokens["attention_mask"].sum(1).tolist() == [15, 26]
+    short = minilm.tokenize(inputs["captions"])
+    assert short["input_ids"].shape == (2, 26)
+    for i in range(2):
+        assert torch.equal(short["input_ids"][i], inputs["input_ids"][i][:26])
+        assert torch.equal(short["attention_mask"][i], inputs["attention_mask"][i][:26])
+    assert minilm.tokenize(inputs["captions"][0])["input_ids"].shape == (1, 15)
 
 
 def test_truncation_keeps_max_query_len(minilm):
@@ -102,8 +110,10 @@ def test_tunable_linear_adds_rows(minilm):
         assert torch.equal(lang.tunable_linear.weight, torch.zeros(1000, 384))
         lang.tunable_linear.weight[:, 0] = torch.arange(1000.0)
         tuned = lang(**tokens)
-    delta = torch.zeros(256, 384)
-    delta[:, 0] = torch.arange(256.0)
+    length = tokens["input_ids"].shape[1]  # the longer caption's 7 tokens
+    assert length == 7
+    delta = torch.zeros(length, 384)
+    delta[:, 0] = torch.arange(float(length))
     assert torch.allclose(tuned.hidden - base.hidden, delta.expand(2, -1, -1))
     # The table is added after masking, to the pad rows of "embedded" too (official order).
     assert torch.allclose(tuned.embedded - base.embedded, delta.expand(2, -1, -1))

@@ -112,6 +112,41 @@ def test_background_only_and_autocast():
     assert outputs["bbox_reg"].grad is not None
 
 
+def test_noobj_column_is_max_query_len_minus_1():
+    """Text of 8 columns padded vs the same prompts unpadded (4 columns). The official [NoObj]
+    target sits at column MAX_QUERY_LEN - 1 = 7: a masked pad here, so unpadded text, which
+    has no column 7, gives the same loss; putting it at the unpadded text's last column (3, a
+    real token) would not. With a prompt that fills all 8 columns it counts."""
+    padded, anchors, per_level, mask = _setup(num_images=2)
+    logits = torch.linspace(-3, 2, padded["logits"].numel()).view_as(padded["logits"])
+    padded["logits"] = logits
+    box = [torch.tensor([[-4.0, -4.0, 59.0, 59.0]]), torch.zeros((0, 4))]
+    maps = [torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]]), torch.zeros((0, 8))]
+    loss = GLIPLoss(box_coder=BoxCoder(), max_query_len=8)
+    ref = loss(padded, anchors, per_level, box, maps, mask)
+    unpadded = {**padded, "logits": logits[:, :, :4]}
+    out = loss(unpadded, anchors, per_level, box, [m[:, :4] for m in maps], mask[:, :4])
+    for k in ref:
+        assert out[k].item() == pytest.approx(ref[k].item(), rel=1e-6), k
+    last_column = GLIPLoss(box_coder=BoxCoder())  # max_query_len None: the text's last column
+    wrong = last_column(unpadded, anchors, per_level, box, [m[:, :4] for m in maps], mask[:, :4])
+    wrong, right = wrong["loss_dot_product_token"].item(), ref["loss_dot_product_token"].item()
+    assert abs(wrong - right) > 0.05 * right
+    # Image 1's prompt fills all 8 columns: its background anchors' column 7 target counts.
+    full = mask.clone()
+    full[1] = 1
+    with_noobj = loss(padded, anchors, per_level, box, maps, full)
+    noobj = torch.zeros_like(logits[1:])
+    noobj[..., 7] = 1.0  # image 1 has no box: every anchor is background
+    before = token_sigmoid_focal_loss(logits[1:], torch.zeros_like(noobj), mask[1:])
+    after = token_sigmoid_focal_loss(logits[1:], noobj, full[1:])
+    delta = with_noobj["loss_dot_product_token"] - ref["loss_dot_product_token"]
+    assert delta.item() == pytest.approx((after - before).item() / 5, rel=1e-5)  # 5 positives
+    with pytest.raises(ValueError, match="MAX_QUERY_LEN=8"):
+        loss({**padded, "logits": torch.zeros(2, logits.shape[1], 9)}, anchors, per_level, box,
+             [torch.zeros(1, 9), torch.zeros(0, 9)], torch.ones(2, 9))  # fmt: skip
+
+
 def test_flatten_order_and_shape_errors():
     outputs, anchors, per_level, mask = _setup()
     levels = [torch.arange(4 * 64.0).reshape(1, 4, 8, 8)]

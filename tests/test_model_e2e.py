@@ -5,7 +5,8 @@ import contextlib
 
 import pytest
 import torch
-from detection_sets import assert_same_detections
+from conftest import detector_variant
+from detection_sets import assert_same_instances as _same
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -135,22 +136,6 @@ def small():
     return build_model(cfg).eval()
 
 
-def _variant(model, **kwargs):
-    """The same modules with other prompt-chunking settings."""
-    args = dict(
-        backbone=model.backbone,
-        language_backbone=model.language_backbone,
-        head=model.head,
-        anchor_generator=model.anchor_generator,
-        loss=model.loss,
-        post_processor=model.post_processor,
-        pixel_mean=model.pixel_mean.flatten().tolist(),
-        pixel_std=model.pixel_std.flatten().tolist(),
-    )
-    args.update(kwargs)
-    return GLIPDetector(**args).eval()
-
-
 def _image(seed, h=64, w=96):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
@@ -159,19 +144,6 @@ def _image(seed, h=64, w=96):
 def _run(model, inputs):
     with torch.no_grad():
         return [o["instances"] for o in model(inputs)]
-
-
-def _same(a, b):
-    assert_same_detections(
-        a.pred_boxes.tensor,
-        a.scores,
-        a.pred_classes,
-        b.pred_boxes.tensor,
-        b.scores,
-        b.pred_classes,
-        box_tol=1e-3,
-        score_tol=1e-5,
-    )
 
 
 def test_small_train_forward_backward(small):
@@ -232,12 +204,14 @@ def test_chunked_vocabulary(small):
     image = {"image": _image(4)}
     whole = _run(small, [{**image, "class_names": names}])[0]
     # A chunk size that holds every name is the unchunked prompt.
-    _same(_run(_variant(small, chunk_size=6), [{**image, "class_names": names}])[0], whole)
+    _same(_run(detector_variant(small, chunk_size=6), [{**image, "class_names": names}])[0], whole)
     # Chunks of 2: the concatenation of three runs, each with its chunk's own prompt, with
     # phrase ids mapped back to the vocabulary; no NMS across chunks.
-    chunked = _run(_variant(small, chunk_size=2, chunk_batch=3), [{**image, "class_names": names}])
+    chunked = _run(
+        detector_variant(small, chunk_size=2, chunk_batch=3), [{**image, "class_names": names}]
+    )
     one_by_one = _run(
-        _variant(small, chunk_size=2, chunk_batch=1), [{**image, "class_names": names}]
+        detector_variant(small, chunk_size=2, chunk_batch=1), [{**image, "class_names": names}]
     )
     _same(chunked[0], one_by_one[0])
     parts = []

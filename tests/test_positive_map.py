@@ -72,8 +72,11 @@ def test_trailing_space_name(tokenizer):
 
 
 def test_phrase_without_token_is_an_error(tokenizer):
-    with pytest.raises(ValueError, match=r"covers no token .*'a   cat'"):
+    with pytest.raises(ValueError, match=r"cover only whitespace .*'a   cat'"):
         build_positive_map(tokenizer, "a   cat", [[[1, 4]]])
+    zero_width = "a \u200b\u200b\u200b\u200b cat"  # characters the tokenizer drops
+    with pytest.raises(ValueError, match=r"Phrase 0 .*covers no token"):
+        build_positive_map(tokenizer, zero_width, [[[2, 6]]])
     with pytest.raises(ValueError, match="outside the caption"):
         build_positive_map(tokenizer, "a cat", [[[2, 9]]])
     long_caption = " ".join(["cat"] * 300) + " dog"

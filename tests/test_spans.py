@@ -2,7 +2,7 @@
 
 import pytest
 
-from glip_d2.text import check_phrase_spans, record_phrases
+from glip_d2.text import check_phrase_spans, record_phrase_sets, record_phrases
 
 
 def test_check_phrase_spans_values_and_errors():
@@ -49,3 +49,19 @@ def test_record_phrases_train_and_eval():
             [{"tokens_positive": [[2, 3]]}],
             use_eval_phrases=True,
         )
+
+
+def test_record_phrase_sets_give_a_box_every_mention():
+    """MDETR's Flickr box of an entity mentioned twice holds both mentions' spans."""
+    record = {
+        "caption": "a man and a dog; the man",
+        "tokens_positive_eval": [[[0, 5]], [[10, 15]], [[17, 24]]],
+    }
+    annos = [{"tokens_positive": [[0, 5], [17, 24]]}, {"tokens_positive": [[10, 15]]}]
+    phrases, sets = record_phrase_sets(record, annos)
+    assert phrases == [[[0, 5]], [[10, 15]], [[17, 24]]]
+    assert sets == [[0, 2], [1]]
+    assert record_phrases(record, annos, use_eval_phrases=True)[1] == [0, 1]  # first only
+    # an exact match takes the annotation alone, even when other phrases overlap it
+    exact = {"caption": "a b", "tokens_positive_eval": [[[0, 3]], [[0, 1]]]}
+    assert record_phrase_sets(exact, [{"tokens_positive": [[0, 1]]}])[1] == [[1]]

@@ -25,12 +25,14 @@ from .official import (
     strip_module_prefix,
     swin_relative_position_index,
 )
+from .prompt_embedding import PromptEmbedding, load_prompt_embedding, save_prompt_embedding
 
 __all__ = [
     "CheckpointMismatchError",
     "DROPPED_OFFICIAL_KEYS",
     "GLIPCheckpointer",
     "NonFiniteCheckpointError",
+    "PromptEmbedding",
     "TEXT_ENCODER_PREFIX",
     "convert_official_state_dict",
     "describe_checkpoint",
@@ -40,8 +42,10 @@ __all__ = [
     "holds_text_encoder",
     "is_official_state_dict",
     "load_checkpoint_file",
+    "load_prompt_embedding",
     "official_cell_anchors",
     "official_to_glip_d2_key",
+    "save_prompt_embedding",
     "select_official_state_dict",
     "strip_module_prefix",
     "swin_relative_position_index",

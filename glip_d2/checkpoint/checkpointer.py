@@ -27,8 +27,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Model keys a full GLIP checkpoint may lack: the prompt-tuning table starts from zeros.
-_OPTIONAL_MODEL_KEYS = ("language_backbone.tunable_linear.",)
+# Model keys a full GLIP checkpoint may lack: the prompt-tuning table starts from zeros, the
+# X-VLM objectives' heads from their initialisation.
+_TUNABLE_KEYS = "language_backbone.tunable_linear."
+_XVLM_KEYS = "xvlm."  # MODEL.GLIP.XVLM: training losses and retrieval, never detections
+_OPTIONAL_MODEL_KEYS = (_TUNABLE_KEYS, _XVLM_KEYS)
 # The text encoder's weights (HFLanguageBackbone.model).
 _TEXT_ENCODER_KEYS = "language_backbone.model."
 # Checkpoint keys the model may lack on purpose: buffers every model rebuilds from its config
@@ -246,7 +249,13 @@ class GLIPCheckpointer(DetectionCheckpointer):
         """Tensors of the checkpoint that the model lacks: an error unless allowed."""
         extra = sorted(k for k in state_dict if k not in model_sd)
         regenerated = [k for k in extra if _REGENERATED_BUFFERS.search(k)]
-        unexpected = [k for k in extra if not _REGENERATED_BUFFERS.search(k)]
+        xvlm = [k for k in extra if k.startswith(_XVLM_KEYS)]
+        unexpected = [k for k in extra if k not in regenerated and k not in xvlm]
+        if xvlm:  # dropping them leaves the detections unchanged
+            logger.info(
+                f"{source}: {len(xvlm)} X-VLM tensor(s) are not loaded (MODEL.GLIP.XVLM is off "
+                "in this config; they do not take part in detection)"
+            )
         if regenerated:
             logger.info(
                 f"{source}: {len(regenerated)} buffer(s) the model rebuilds from its config "
@@ -263,7 +272,7 @@ class GLIPCheckpointer(DetectionCheckpointer):
             return
         hint = (
             " It was prompt-tuned: set MODEL.LANGUAGE_BACKBONE.TUNABLE_LINEAR True."
-            if any(k.startswith(_OPTIONAL_MODEL_KEYS) for k in unexpected)
+            if any(k.startswith(_TUNABLE_KEYS) for k in unexpected)
             else " The config's model sizes (e.g. MODEL.GLIP.NUM_LAYERS, EARLY_FUSE, "
             "MODEL.SWIN.DEPTHS) probably describe a different model."
         )

@@ -9,6 +9,7 @@ from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.data.common import DatasetFromList
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 
+from .few_shot import few_shot_subset, is_detection_dataset, log_few_shot
 from .mapper import GroundingDatasetMapper
 
 __all__ = [
@@ -21,11 +22,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def get_grounding_dataset_dicts(names, filter_empty=True):
+def get_grounding_dataset_dicts(names, filter_empty=True, few_shot=0, few_shot_seed=0):
     """Load and concatenate several registered sets, tagging records with ``dataset_name``.
 
     Unlike D2's ``get_detection_dataset_dicts`` this does not require equal ``thing_classes``
     across sets: each record's prompt comes from its own dataset (detection) or caption.
+    With ``few_shot`` k > 0 every detection-style set is cut to its official k-shot subset
+    (:func:`glip_d2.data.few_shot.few_shot_subset`, seed ``few_shot_seed``); grounding sets
+    stay whole.
 
     Returns:
         (list[dict], list[int]): the records and the size of each set after filtering.
@@ -41,6 +45,8 @@ def get_grounding_dataset_dicts(names, filter_empty=True):
             raise ValueError(f"Dataset {name!r} is empty")
         for r in records:
             r.setdefault("dataset_name", name)
+        if few_shot:
+            records = _few_shot(name, records, few_shot, few_shot_seed)
         if filter_empty and "annotations" in records[0]:
             records = filter_images_with_only_crowd_annotations(records)
         if not records:
@@ -48,6 +54,18 @@ def get_grounding_dataset_dicts(names, filter_empty=True):
         all_records.append(records)
         sizes.append(len(records))
     return list(itertools.chain.from_iterable(all_records)), sizes
+
+
+def _few_shot(name, records, k, seed):
+    if not is_detection_dataset(records):
+        logger.warning(f"DATASETS.GLIP.FEW_SHOT: {name!r} is not a detection set; kept whole")
+        return records
+    classes = MetadataCatalog.get(name).get("thing_classes", None)
+    if not classes:
+        raise ValueError(f"DATASETS.GLIP.FEW_SHOT: dataset {name!r} has no thing_classes metadata")
+    subset = few_shot_subset(records, k, len(classes), seed)
+    log_few_shot(name, records, subset, classes, k, seed)
+    return subset
 
 
 def mixing_repeat_factors(sizes, ratios):
@@ -92,8 +110,16 @@ def build_grounding_train_loader(cfg, mapper=None):
     factors of :func:`mixing_repeat_factors`. The default mapper packs the captions of
     pseudo-labelled caption sets with negatives (``DATASETS.GLIP.PACK_RANDOM_CAPTION_NUMBER``).
     """
+    if not cfg.DATASETS.TRAIN:
+        raise ValueError(
+            "DATASETS.TRAIN is empty: name the registered training sets (the configs in "
+            "configs/transfer/ leave it to you)"
+        )
     records, sizes = get_grounding_dataset_dicts(
-        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        cfg.DATASETS.TRAIN,
+        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        few_shot=cfg.DATASETS.GLIP.FEW_SHOT,
+        few_shot_seed=cfg.DATASETS.GLIP.FEW_SHOT_SEED,
     )
     if mapper is None:
         pools = caption_pools(records, cfg.DATASETS.TRAIN)

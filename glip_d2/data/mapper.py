@@ -13,18 +13,25 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from ..structures import clip_boxes_legacy, flip_boxes_legacy, xywh_to_legacy_xyxy
+from ..structures import (
+    clip_boxes_legacy,
+    flip_boxes_legacy,
+    nonempty_legacy,
+    xywh_to_legacy_xyxy,
+)
 from ..text import (
     TrainingPromptSampler,
     build_detection_prompt,
     load_tokenizer,
     prompt_fits,
     record_phrases,
+    warn_vocabulary,
 )
 from .caption_packing import CaptionPacker
+from .datasets.checks import box_problem
 from .transforms import GLIPResizeShortestEdge
 
-__all__ = ["GroundingDatasetMapper", "swap_left_right"]
+__all__ = ["GroundingDatasetMapper", "read_record_image", "swap_left_right"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +81,20 @@ def swap_left_right(caption, phrase_spans):
     return "".join(pieces), spans
 
 
+def read_record_image(record, image_format):
+    """The record's image (H, W, 3) in ``image_format``, checked against the record's
+    ``height``/``width``; an unreadable file is a ValueError naming it and the record."""
+    file_name = record.get("file_name")
+    try:
+        image = utils.read_image(file_name, format=image_format)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"Cannot read image {file_name!r} of record image_id={record.get('image_id')}: {e}"
+        ) from e
+    utils.check_image_size(record, image)
+    return image
+
+
 class GroundingDatasetMapper:
     """Reads a detection or grounding record and builds GLIP's input dict.
 
@@ -108,6 +129,7 @@ class GroundingDatasetMapper:
         num_negatives=85,
         full_negative_prob=0.5,
         shuffle_prompt=True,
+        fixed_train_prompt=False,
         default_dataset=None,
         caption_packer=None,
         seed=None,
@@ -117,6 +139,8 @@ class GroundingDatasetMapper:
             augmentations (list): resize augmentations (no flip: it is caption-aware here).
             tokenizer: fast tokenizer for token budgets; needed for detection records.
             flip_prob (float): horizontal flip probability in training.
+            fixed_train_prompt (bool): train detection records with the evaluation prompt (all
+                classes in id order, prompt overrides, no negatives; official DISABLE_SHUFFLE).
             default_dataset (str | None): metadata name for records without "dataset_name".
             caption_packer (CaptionPacker | None): packs captions of caption sets (training).
             seed (int | None): seeds a private RNG for prompts and flips (tests); None uses the
@@ -132,6 +156,7 @@ class GroundingDatasetMapper:
         self.num_negatives = num_negatives
         self.full_negative_prob = full_negative_prob
         self.shuffle_prompt = shuffle_prompt
+        self.fixed_train_prompt = fixed_train_prompt
         self.default_dataset = default_dataset
         self.caption_packer = caption_packer if is_train else None
         self.rng = random.Random(seed) if seed is not None else random
@@ -168,6 +193,7 @@ class GroundingDatasetMapper:
             "num_negatives": cfg.DATASETS.GLIP.NUM_NEGATIVES,
             "full_negative_prob": cfg.DATASETS.GLIP.FULL_NEGATIVE_PROB,
             "shuffle_prompt": cfg.DATASETS.GLIP.SHUFFLE_PROMPT,
+            "fixed_train_prompt": cfg.DATASETS.GLIP.FIXED_TRAIN_PROMPT,
             "default_dataset": names[0] if len(names) == 1 else None,
         }
 
@@ -189,16 +215,26 @@ class GroundingDatasetMapper:
         name, classes = self._class_names(record)
         if self.tokenizer is None:
             raise ValueError("GroundingDatasetMapper needs a tokenizer for detection prompts")
-        if not self.is_train:
+        if not self.is_train or self.fixed_train_prompt:
             if name not in self._test_prompts:
-                caption, spans = build_detection_prompt(classes, self.separator)
-                self._test_prompts[name] = (
-                    {"caption": caption, "phrase_spans": spans, "phrase_names": list(classes)}
-                    if prompt_fits(self.tokenizer, caption, self.max_query_len)
-                    else {"class_names": list(classes)}
+                self._test_prompts[name] = self._fixed_prompt(name, classes)
+            prompt = copy.deepcopy(self._test_prompts[name])
+            if not self.is_train:
+                return prompt, None
+            if "class_names" in prompt:
+                raise ValueError(
+                    f"DATASETS.GLIP.FIXED_TRAIN_PROMPT: the prompt of all {len(classes)} classes "
+                    f"of {name!r} exceeds MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN="
+                    f"{self.max_query_len} tokens; train it with sampled prompts instead"
                 )
-            return copy.deepcopy(self._test_prompts[name]), None
+            return prompt, {c: c for c in range(len(classes))}
         if name not in self._samplers:
+            if MetadataCatalog.get(name).get("prompt_overrides", None):
+                logger.warning(
+                    f"The prompt overrides of {name!r} apply to its evaluation prompt and, with "
+                    "DATASETS.GLIP.FIXED_TRAIN_PROMPT, to training; sampled training prompts "
+                    "use the plain class names (official: CAPTION_PROMPT needs DISABLE_SHUFFLE)"
+                )
             self._samplers[name] = TrainingPromptSampler(
                 self.tokenizer,
                 classes,
@@ -215,6 +251,24 @@ class GroundingDatasetMapper:
             "phrase_names": [classes[c] for c in phrase_classes],
         }
         return prompt, {c: k for k, c in enumerate(phrase_classes)}
+
+    def _fixed_prompt(self, name, classes):
+        """All classes in id order with the dataset's ``prompt_overrides`` metadata (the official
+        evaluation prompt; docs/OFFICIAL_BEHAVIOURS.md, "Detection prompts and chunks");
+        ``class_names`` (chunked by the model, no overrides) when it exceeds the token limit."""
+        overrides = MetadataCatalog.get(name).get("prompt_overrides", None)
+        caption, spans = build_detection_prompt(
+            classes, self.separator, overrides=overrides, check_duplicates=False
+        )
+        warn_vocabulary(self.tokenizer, classes)
+        if prompt_fits(self.tokenizer, caption, self.max_query_len):
+            return {"caption": caption, "phrase_spans": spans, "phrase_names": list(classes)}
+        if overrides:
+            logger.warning(
+                f"The prompt of {name!r} exceeds {self.max_query_len} tokens: it is chunked "
+                "from the plain class names and its prompt overrides are not used"
+            )
+        return {"class_names": list(classes)}
 
     @staticmethod
     def _grounding_prompt(record, annos, is_train):
@@ -234,17 +288,19 @@ class GroundingDatasetMapper:
     def _legacy_boxes(self, record, annos, height, width):
         """Inclusive xyxy boxes at the original size and the indices of the kept annotations."""
         xywh = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYWH_ABS) for a in annos]
-        boxes = xywh_to_legacy_xyxy(np.asarray(xywh, dtype=np.float64).reshape(-1, 4))
-        outside = (boxes[:, 0] > width - 1) | (boxes[:, 1] > height - 1)
-        outside |= (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
-        if outside.any():
-            bad = annos[int(np.argmax(outside))]["bbox"]
+        xywh = np.asarray(xywh, dtype=np.float64).reshape(-1, 4)
+        boxes = xywh_to_legacy_xyxy(xywh)
+        bad = ~np.isfinite(xywh).all(axis=1) | (xywh[:, 2] < 0) | (xywh[:, 3] < 0)
+        bad |= (boxes[:, 0] > width - 1) | (boxes[:, 1] > height - 1)
+        bad |= (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
+        if bad.any():  # the loaders refuse these already (datasets/checks.py); other records
+            i = int(np.argmax(bad))
             raise ValueError(
-                f"Record {record.get('file_name')!r}: box {list(bad)} lies entirely "
-                f"outside the {width}x{height} image"
+                f"Record {record.get('file_name')!r} (image_id={record.get('image_id')}): box "
+                f"{list(annos[i]['bbox'])} {box_problem(xywh[i], height, width)}"
             )
         boxes = clip_boxes_legacy(boxes, height, width)
-        keep = np.nonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[0].tolist()
+        keep = np.nonzero(nonempty_legacy(boxes))[0].tolist()
         dropped = len(annos) - len(keep)
         if dropped:
             self.num_degenerate += dropped
@@ -259,14 +315,7 @@ class GroundingDatasetMapper:
     # ---- main ----------------------------------------------------------------------------
     def __call__(self, dataset_dict):
         record = copy.deepcopy(dataset_dict)
-        file_name = record.get("file_name")
-        try:
-            image = utils.read_image(file_name, format=self.image_format)
-        except (OSError, ValueError) as e:
-            raise ValueError(
-                f"Cannot read image {file_name!r} of record image_id={record.get('image_id')}: {e}"
-            ) from e
-        utils.check_image_size(record, image)
+        image = read_record_image(record, self.image_format)
         height, width = image.shape[:2]
 
         annos = [a for a in record.pop("annotations", []) if a.get("iscrowd", 0) == 0]

@@ -105,7 +105,8 @@ def glip_optimizer_params(cfg, model):
 
     Built with D2's :func:`get_default_optimizer_params`; the lr of a parameter is
     ``BASE_LR x (LANG_LR / BASE_LR if language) x (BIAS_LR_FACTOR if bias)`` as in the official
-    ``make_optimizer`` (language biases get ``2 x LANG_LR``).
+    ``make_optimizer`` (language biases get ``2 x LANG_LR``); the prompt-tuning table is not a
+    language parameter there.
     """
     base_lr = cfg.SOLVER.BASE_LR
     if base_lr <= 0:
@@ -114,7 +115,10 @@ def glip_optimizer_params(cfg, model):
     bias_factor = cfg.SOLVER.BIAS_LR_FACTOR
 
     def lr_factor(name):
-        factor = lang_factor if name.startswith(LANGUAGE_PREFIX) else 1.0
+        # The prompt-tuning table sits in the official RPN (rpn.tunable_linear), outside the
+        # language backbone's LANG_LR group: it trains at BASE_LR (0.05 in prompt tuning).
+        is_language = name.startswith(LANGUAGE_PREFIX) and name != PROMPT_PARAM
+        factor = lang_factor if is_language else 1.0
         if name.endswith(".bias"):
             factor *= bias_factor
         return factor

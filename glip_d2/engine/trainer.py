@@ -3,6 +3,7 @@ checkpointer, EMA and evaluators; and the config setup shared by ``train_net.py`
 
 import logging
 import weakref
+from collections import OrderedDict
 from contextlib import nullcontext
 
 from detectron2.config import get_cfg
@@ -11,15 +12,20 @@ from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, def
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import GLIPCheckpointer
 from ..config import add_glip_config
 from ..data.build import build_grounding_train_loader
 from ..data.datasets import register_pseudo_label_sets
+from ..data.datasets.coco import register_coco_from_cfg
 from ..data.mapper import GroundingDatasetMapper
 from ..evaluation import average_over_datasets, build_glip_evaluator
 from .ema import EMAHook, ModelEMA
+from .inference import CachedPromptInference
 from .optimizer import apply_tuning_mode, build_glip_optimizer
+from .prompt_tuning import PromptEmbeddingSaver, maybe_load_prompt_embedding
+from .retrieval import add_retrieval_results, split_retrieval_sets
 from .train_loop import build_train_loop
 
 __all__ = ["GLIPTrainer", "evaluate_checkpoint", "setup_cfg"]
@@ -46,6 +52,7 @@ class GLIPTrainer(DefaultTrainer):
         # modes) and DetectionCheckpointer (here GLIPCheckpointer with the EMA state). So
         # this is DefaultTrainer.__init__'s construction order with those three replaced.
         TrainerBase.__init__(self)
+        register_coco_from_cfg(cfg)
         logger = logging.getLogger("detectron2")
         if not logger.isEnabledFor(logging.INFO):
             setup_logger()
@@ -111,8 +118,23 @@ class GLIPTrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """D2's ``test`` over ``DATASETS.TEST``, plus the average AP of the ODinW sets."""
-        results = super().test(cfg, model, evaluators)
+        """D2's ``test`` over ``DATASETS.TEST``, plus the average AP of the ODinW sets; caption
+        retrieval sets (evaluator_type "retrieval") go to ``evaluate_retrieval``.
+
+        The detection sets run in inference mode with one prompt cache for the whole evaluation
+        (:class:`CachedPromptInference`); any other model is called as D2 calls it.
+        """
+        detection_cfg, retrieval = split_retrieval_sets(cfg)
+        if retrieval and evaluators is not None:
+            raise ValueError(
+                "GLIPTrainer.test: pass no evaluators when DATASETS.TEST has retrieval sets"
+            )
+        detection = list(detection_cfg.DATASETS.TEST)
+        bare = model.module if isinstance(model, DistributedDataParallel) else model
+        runner = model
+        if hasattr(bare, "inference"):
+            runner = CachedPromptInference(model, cfg.MODEL.GLIP.PROMPT_CACHE_SIZE)
+        results = super().test(detection_cfg, runner, evaluators) if detection else OrderedDict()
         odinw = [
             d
             for d in cfg.DATASETS.TEST
@@ -120,11 +142,12 @@ class GLIPTrainer(DefaultTrainer):
         ]
         if len(odinw) > 1 and comm.is_main_process():
             results = average_over_datasets(results, odinw)
-        return results
+        return add_retrieval_results(results, cfg, model, detection, retrieval)
 
     def build_hooks(self):
         """Timer, LR schedule, EMA (before the checkpointer, so checkpoints hold the current
-        average), periodic checkpoints, evaluation (with the EMA weights), writers. No
+        average), periodic checkpoints, the prompt embedding file after prompt tuning,
+        evaluation (with the EMA weights), writers. No
         PreciseBN: GLIP has no BatchNorm statistics to re-estimate."""
         cfg = self.cfg
         ret = [hooks.IterationTimer(), hooks.LRScheduler()]
@@ -132,6 +155,8 @@ class GLIPTrainer(DefaultTrainer):
             ret.append(EMAHook(self.ema, self.model))
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            if cfg.SOLVER.GLIP.TUNING == "prompt":  # the tuned table on its own, at the end
+                ret.append(PromptEmbeddingSaver(cfg))
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._evaluate))
         if comm.is_main_process():
             ret.append(
@@ -147,13 +172,14 @@ class GLIPTrainer(DefaultTrainer):
 
 def setup_cfg(args):
     """get_cfg + add_glip_config + the config file + command-line overrides + default_setup;
-    registers the sets of ``DATASETS.GLIP.PSEUDO_LABEL_SETS``."""
+    registers the ``DATASETS.GLIP.REGISTER_COCO`` and ``DATASETS.GLIP.PSEUDO_LABEL_SETS`` sets."""
     cfg = get_cfg()
     add_glip_config(cfg)
     if args.config_file:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    register_coco_from_cfg(cfg)
     register_pseudo_label_sets(cfg)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="glip_d2")
@@ -163,7 +189,8 @@ def setup_cfg(args):
 def evaluate_checkpoint(cfg, resume=False):
     """Evaluate ``MODEL.WEIGHTS`` (or, with ``resume``, the last checkpoint of OUTPUT_DIR).
 
-    With ``SOLVER.EMA.ENABLED`` and an EMA state in the file, its averaged weights are used.
+    With ``SOLVER.EMA.ENABLED`` and an EMA state in the file, its averaged weights are used;
+    ``MODEL.LANGUAGE_BACKBONE.PROMPT_EMBEDDING`` is loaded on top.
     """
     model = GLIPTrainer.build_model(cfg)
     checkpointer = GLIPCheckpointer(
@@ -181,4 +208,5 @@ def evaluate_checkpoint(cfg, resume=False):
     if ema is not None and ema.loaded_from_checkpoint:
         logger.info(f"Evaluating the EMA weights of {path}")
         ema.copy_to(model)
+    maybe_load_prompt_embedding(cfg, model)
     return GLIPTrainer.test(cfg, model)

@@ -1,5 +1,5 @@
 """Evaluators: COCO (+1 export), LVIS (fixed AP), Flickr30K recall, RefCOCO accuracy, ODinW;
-pseudo-label precision / recall against hidden true boxes."""
+pseudo-label precision / recall against hidden true boxes, image-text retrieval metrics."""
 
 from .build import EVALUATOR_TYPES, build_glip_evaluator
 from .coco import GLIPCOCOEvaluator, legacy_instances_to_coco_json
@@ -7,6 +7,13 @@ from .grounding import FlickrRecallEvaluator, RefExpAccuracyEvaluator, box_iou_x
 from .lvis import GLIPLVISEvaluator, top_k_per_category
 from .odinw import average_over_datasets
 from .pseudo_labels import phrase_category, pseudo_label_quality
+from .retrieval import (
+    caption_table,
+    random_ranking_recalls,
+    rerank_scores,
+    retrieval_recalls,
+    top_k_pairs,
+)
 
 __all__ = [
     "EVALUATOR_TYPES",
@@ -17,8 +24,13 @@ __all__ = [
     "average_over_datasets",
     "box_iou_xyxy",
     "build_glip_evaluator",
+    "caption_table",
     "legacy_instances_to_coco_json",
     "phrase_category",
     "pseudo_label_quality",
+    "random_ranking_recalls",
+    "rerank_scores",
+    "retrieval_recalls",
+    "top_k_pairs",
     "top_k_per_category",
 ]

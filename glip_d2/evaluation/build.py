@@ -39,6 +39,12 @@ def build_glip_evaluator(cfg, dataset_name, output_folder=None):
         return FlickrRecallEvaluator(dataset_name, gt_type=cfg.TEST.GLIP.FLICKR_GT_TYPE)
     if kind in ("refcoco", "refexp"):
         return RefExpAccuracyEvaluator(dataset_name)
+    if kind == "retrieval":
+        raise ValueError(
+            f"dataset {dataset_name!r} is a caption retrieval set: GLIPTrainer.test evaluates it "
+            "with glip_d2.engine.evaluate_retrieval (image and caption embeddings), not with a "
+            "DatasetEvaluator over detections"
+        )
     raise ValueError(
         f"dataset {dataset_name!r} has evaluator_type={kind!r} in its metadata; glip_d2 "
         f"evaluates one of {EVALUATOR_TYPES}"

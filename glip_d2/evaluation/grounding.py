@@ -8,13 +8,24 @@ record per (image, caption), keyed by ``image_id``. The phrase index of a GT box
 model reports for it in ``pred_classes``, i.e. its position in the test-time prompt that
 :class:`~glip_d2.data.mapper.GroundingDatasetMapper` builds:
 
-* MDETR grounding records (annotations with ``tokens_positive`` char spans): the phrases and the
-  phrase of each box are those of :func:`glip_d2.text.record_phrases`, which the mapper uses too
-  (``tokens_positive_eval`` when present, else the distinct span lists in annotation order);
+* MDETR grounding records (annotations with ``tokens_positive`` char spans): the phrases are
+  those of :func:`glip_d2.text.record_phrases`, which the mapper uses (``tokens_positive_eval``
+  when present, else the distinct span lists in annotation order); a box grounds every phrase
+  its spans overlap (:func:`glip_d2.text.record_phrase_sets`), so an entity mentioned twice in
+  a sentence is scored for both mentions, as the official evaluator does;
 * detection-style records: ``category_id`` is the phrase index.
 
 ``phrase_types`` (Flickr, optional): per phrase a type string or a list of them
-(``"people"``, ``"clothing"``, ...); a phrase counts under each of its types and "all".
+(``"people"``, ``"clothing"``, ...; :func:`glip_d2.data.datasets.attach_flickr_phrase_types`
+reads them from Flickr30K Entities' ``Sentences/``); a phrase counts under each of its types
+and once in "all".
+
+Every image of the dataset with at least one phrase with a GT box must have been processed:
+a recall or accuracy over a subset is not the dataset's, and both official evaluators refuse
+it (microsoft/GLIP maskrcnn_benchmark/data/datasets/evaluation/flickr/flickr_eval.py,
+``Flickr30kEntitiesRecallEvaluator.evaluate`` raises "Missing predictions"; data/datasets/
+refexp.py, ``RefExpEvaluator.summarize`` looks every image up). ``evaluate`` raises
+``RuntimeError`` naming how many images are missing.
 
 IoU is computed on the boxes as given, without the legacy +1 (as the official evaluators do).
 """
@@ -30,7 +41,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
-from ..text import record_phrases
+from ..text import record_phrase_sets
 
 __all__ = ["FlickrRecallEvaluator", "RefExpAccuracyEvaluator", "box_iou_xyxy"]
 
@@ -55,13 +66,14 @@ def _gt_boxes_per_phrase(record):
     """{phrase index: (n, 4) XYXY array} of one dataset record (see the module docstring)."""
     annos = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
     grounded = [i for i, a in enumerate(annos) if a.get("tokens_positive")]
-    _, box_phrase = record_phrases(record, [annos[i] for i in grounded], use_eval_phrases=True)
-    phrase_of = dict(zip(grounded, box_phrase, strict=True))
+    _, box_phrases = record_phrase_sets(record, [annos[i] for i in grounded])
+    phrases_of = dict(zip(grounded, box_phrases, strict=True))
     boxes = defaultdict(list)
     for i, ann in enumerate(annos):
-        phrase = phrase_of[i] if i in phrase_of else int(ann["category_id"])
         mode = ann.get("bbox_mode", BoxMode.XYWH_ABS)
-        boxes[phrase].append(BoxMode.convert(list(ann["bbox"]), mode, BoxMode.XYXY_ABS))
+        box = BoxMode.convert(list(ann["bbox"]), mode, BoxMode.XYXY_ABS)
+        for phrase in phrases_of[i] if i in phrases_of else [int(ann["category_id"])]:
+            boxes[phrase].append(box)
     return {k: np.asarray(v, dtype=np.float64) for k, v in boxes.items()}
 
 
@@ -73,6 +85,7 @@ class _GroundingEvaluator(DatasetEvaluator):
         self._distributed = distributed
         self._cpu = torch.device("cpu")
         self._gt = None
+        self._image_ids = None
 
     def reset(self):
         self._predictions = {}
@@ -90,9 +103,15 @@ class _GroundingEvaluator(DatasetEvaluator):
             }
 
     def _ground_truth(self):
+        """{image_id: (record, {phrase: GT boxes})} of the records with at least one GT box."""
         if self._gt is None:
             records = DatasetCatalog.get(self._dataset_name)
-            self._gt = {r["image_id"]: r for r in records}
+            self._image_ids = {r["image_id"] for r in records}
+            self._gt = {}
+            for r in records:
+                boxes = _gt_boxes_per_phrase(r)
+                if boxes:
+                    self._gt[r["image_id"]] = (r, boxes)
         return self._gt
 
     def _gathered(self):
@@ -104,18 +123,31 @@ class _GroundingEvaluator(DatasetEvaluator):
             return None
         return dict(itertools.chain(*[p.items() for p in parts]))
 
-    def _phrases(self, predictions):
-        """Yield (record, phrase index, gt boxes, ranked predicted boxes) for every phrase with
-        ground truth in every evaluated image."""
+    def _scored_images(self, predictions):
+        """(record, {phrase: GT boxes}, {phrase: ranked predicted boxes}) of every image of
+        the dataset with ground truth.
+
+        Raises:
+            KeyError: a prediction for an image the dataset does not hold.
+            RuntimeError: images with ground truth that were not processed (module docstring).
+        """
         gt = self._ground_truth()
-        for image_id, preds in predictions.items():
-            if image_id not in gt:
-                raise KeyError(
-                    f"image_id {image_id!r} predicted but not in dataset {self._dataset_name!r}"
-                )
-            record = gt[image_id]
-            for phrase, gt_boxes in sorted(_gt_boxes_per_phrase(record).items()):
-                yield record, phrase, gt_boxes, preds.get(phrase, np.zeros((0, 4)))
+        unknown = [i for i in predictions if i not in self._image_ids]
+        if unknown:
+            raise KeyError(
+                f"image_id {unknown[0]!r} predicted but not in dataset {self._dataset_name!r}"
+            )
+        if not gt:
+            raise ValueError(f"dataset {self._dataset_name!r} has no phrase with a GT box")
+        missing = [i for i in gt if i not in predictions]
+        if missing:
+            raise RuntimeError(
+                f"Missing predictions: {len(missing)} of the {len(gt)} images of "
+                f"{self._dataset_name!r} with ground truth were not processed (image_id "
+                f"{', '.join(map(repr, missing[:5]))}{', ...' if len(missing) > 5 else ''}); a "
+                "score over a subset is not the dataset's score"
+            )
+        return [(record, boxes, predictions[i]) for i, (record, boxes) in gt.items()]
 
 
 class FlickrRecallEvaluator(_GroundingEvaluator):
@@ -141,27 +173,32 @@ class FlickrRecallEvaluator(_GroundingEvaluator):
             return {}
         hits = defaultdict(lambda: np.zeros(len(self.TOPK) + 1))
         counts = defaultdict(int)
-        for record, phrase, gt_boxes, pred_boxes in self._phrases(predictions):
-            if self._gt_type == "merged":
-                gt_boxes = np.concatenate([gt_boxes[:, :2].min(0), gt_boxes[:, 2:].max(0)])[None]
-            ok = (box_iou_xyxy(pred_boxes, gt_boxes) >= self._iou_thresh).any(axis=1)
-            first = int(np.argmax(ok)) if ok.any() else None  # rank of the first correct box
-            row = np.array(
-                [first is not None and first < k for k in self.TOPK] + [first is not None],
-                dtype=np.float64,
-            )
+        for record, gt, preds in self._scored_images(predictions):
             types = record.get("phrase_types")
-            ptypes = types[phrase] if types is not None else []
-            ptypes = [ptypes] if isinstance(ptypes, str) else list(ptypes)
-            for t in ["all"] + ptypes:
-                hits[t] += row
-                counts[t] += 1
+            for phrase, gt_boxes in sorted(gt.items()):
+                row = self._hits(gt_boxes, preds.get(phrase, np.zeros((0, 4))))
+                ptypes = types[phrase] if types is not None else []
+                ptypes = [ptypes] if isinstance(ptypes, str) else list(ptypes)
+                for t in dict.fromkeys(["all"] + ptypes):  # each type once, "all" once
+                    hits[t] += row
+                    counts[t] += 1
         results = OrderedDict()
         for t in sorted(counts, key=lambda t: (t != "all", t)):
             for name, value in zip([f"R@{k}" for k in self.TOPK] + ["UB"], hits[t], strict=True):
                 results[f"{name}_{t}"] = 100.0 * value / counts[t]
         logger.info(f"Flickr recall on {self._dataset_name} ({counts['all']} phrases): {results}")
         return {"flickr": results}
+
+    def _hits(self, gt_boxes, pred_boxes):
+        """(len(TOPK) + 1,) 0/1: a hit among the k best ranked boxes, for each k and any k."""
+        if self._gt_type == "merged":
+            gt_boxes = np.concatenate([gt_boxes[:, :2].min(0), gt_boxes[:, 2:].max(0)])[None]
+        ok = (box_iou_xyxy(pred_boxes, gt_boxes) >= self._iou_thresh).any(axis=1)
+        first = int(np.argmax(ok)) if ok.any() else None  # rank of the first correct box
+        return np.array(
+            [first is not None and first < k for k in self.TOPK] + [first is not None],
+            dtype=np.float64,
+        )
 
 
 class RefExpAccuracyEvaluator(_GroundingEvaluator):
@@ -191,13 +228,8 @@ class RefExpAccuracyEvaluator(_GroundingEvaluator):
         if predictions is None:
             return {}
         hits, count = np.zeros(len(self.TOPK)), 0
-        gt = self._ground_truth()
-        for image_id, preds in predictions.items():
-            if image_id not in gt:
-                raise KeyError(
-                    f"image_id {image_id!r} predicted but not in dataset {self._dataset_name!r}"
-                )
-            gt_boxes = np.concatenate(list(_gt_boxes_per_phrase(gt[image_id]).values()))
+        for _, gt, preds in self._scored_images(predictions):
+            gt_boxes = np.concatenate(list(gt.values()))
             pred_boxes = preds[0]
             ok = (box_iou_xyxy(pred_boxes, gt_boxes) >= self._iou_thresh).any(axis=1)
             hits += [bool(ok[:k].any()) for k in self.TOPK]

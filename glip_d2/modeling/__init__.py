@@ -8,6 +8,7 @@ from .anchors import GLIPAnchorGenerator
 from .box_coder import BoxCoder
 from .head import GLIP_HEAD_REGISTRY, VLDyHead, build_glip_head
 from .language_backbone import LANGUAGE_BACKBONE_REGISTRY, build_language_backbone
+from .prompt_cache import TextFeatureCache
 
 __all__ = [
     "LANGUAGE_BACKBONE_REGISTRY",
@@ -17,4 +18,5 @@ __all__ = [
     "GLIP_HEAD_REGISTRY",
     "VLDyHead",
     "build_glip_head",
+    "TextFeatureCache",
 ]

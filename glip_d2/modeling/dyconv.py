@@ -14,7 +14,16 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import DeformConv2d, deform_conv2d
 
-__all__ = ["HSigmoid", "DyReLU", "ModulatedDeformConv3x3", "Conv3x3Norm", "DyConv"]
+from .deform_conv import modulated_deform_conv3x3
+
+__all__ = [
+    "DEFORM_CONV_IMPLS",
+    "HSigmoid",
+    "DyReLU",
+    "ModulatedDeformConv3x3",
+    "Conv3x3Norm",
+    "DyConv",
+]
 
 
 class HSigmoid(nn.Module):
@@ -62,17 +71,36 @@ class DyReLU(nn.Module):
         return torch.max(x * a1 + b1, x * a2 + b2)
 
 
+DEFORM_CONV_IMPLS = ("fast", "torchvision")
+
+
 class ModulatedDeformConv3x3(DeformConv2d):
-    """torchvision's modulated deformable 3x3 conv (padding 1), always evaluated in fp32.
+    """Modulated deformable 3x3 conv (padding 1) with torchvision's ``deform_conv2d`` semantics.
 
     ``offset`` (B, 18, H_out, W_out) holds (dy, dx) pairs per kernel tap in row-major tap
     order and ``mask`` (B, 9, H_out, W_out) the modulation, the official layout.
+
+    ``impl="fast"`` gathers the 9 taps and does one matrix product
+    (glip_d2/modeling/deform_conv.py); ``impl="torchvision"`` calls
+    ``torchvision.ops.deform_conv2d``, the reference it is tested against. Both evaluate in
+    (at least) fp32 like the official op; with ``low_precision`` the fast path runs its samples
+    and matrix product in autocast's dtype when autocast is on (positions stay fp32) and then
+    returns that dtype, like any autocast convolution. Non-finite offsets or masks raise a
+    ``FloatingPointError`` naming ``name`` (torchvision's CPU kernel crashes on NaN offsets).
     """
 
-    def __init__(self, in_channels, out_channels, stride=1):
+    def __init__(self, in_channels, out_channels, stride=1, *, impl="fast", low_precision=False):
+        if impl not in DEFORM_CONV_IMPLS:
+            raise ValueError(
+                f"deformable conv impl must be one of {DEFORM_CONV_IMPLS} "
+                f"(MODEL.GLIP.DEFORM_CONV_IMPL), got {impl!r}"
+            )
         super().__init__(
             in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=True
         )
+        self.impl = impl
+        self.low_precision = low_precision
+        self.name = type(self).__name__  # DyConv sets the module path, for error messages
 
     def reset_parameters(self):
         super().reset_parameters()
@@ -82,32 +110,53 @@ class ModulatedDeformConv3x3(DeformConv2d):
 
     def forward(self, x, offset, mask):
         """x (B, C_in, H, W), offset (B, 18, H_out, W_out), mask (B, 9, H_out, W_out)."""
+        if not torch.jit.is_tracing() and not (
+            torch.isfinite(offset).all() and torch.isfinite(mask).all()
+        ):
+            raise FloatingPointError(
+                f"{self.name}: non-finite (NaN or inf) deformable-conv offsets or mask of shape "
+                f"{tuple(offset.shape)}; the input features are "
+                f"{'finite' if torch.isfinite(x).all() else 'not finite either'}"
+            )
         dtype = x.dtype
         # Sampling positions lose precision in half precision; the official op is fp32 too.
         compute = torch.promote_types(dtype, torch.float32)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            out = deform_conv2d(
-                x.to(compute),
-                offset.to(compute),
-                self.weight.to(compute),
-                self.bias.to(compute),
-                stride=self.stride,
-                padding=self.padding,
-                dilation=self.dilation,
-                mask=mask.to(compute),
-            )
+        device = x.device.type
+        if self.impl == "fast" and self.low_precision and torch.is_autocast_enabled(device):
+            compute = dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device_type=device, enabled=False):
+            if self.impl == "fast":
+                out = modulated_deform_conv3x3(
+                    x, offset, mask, self.weight, self.bias, self.stride[0], compute
+                )
+            else:
+                out = deform_conv2d(
+                    x.to(compute),
+                    offset.to(compute),
+                    self.weight.to(compute),
+                    self.bias.to(compute),
+                    stride=self.stride,
+                    padding=self.padding,
+                    dilation=self.dilation,
+                    mask=mask.to(compute),
+                )
         return out.to(dtype)
 
 
 class Conv3x3Norm(nn.Module):
     """3x3 conv (deformable or plain, with bias) followed by GroupNorm (``conv``, ``bn``)."""
 
-    def __init__(self, in_channels, out_channels, stride, deformable, num_groups=16):
-        """num_groups: GroupNorm groups; 0 for no normalisation."""
+    def __init__(
+        self, in_channels, out_channels, stride, deformable, num_groups=16, **deform_options
+    ):
+        """
+        num_groups: GroupNorm groups; 0 for no normalisation.
+        deform_options: ``impl`` and ``low_precision`` of ModulatedDeformConv3x3.
+        """
         super().__init__()
         self.deformable = deformable
         if deformable:
-            self.conv = ModulatedDeformConv3x3(in_channels, out_channels, stride)
+            self.conv = ModulatedDeformConv3x3(in_channels, out_channels, stride, **deform_options)
         else:
             self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
         self.bn = nn.GroupNorm(num_groups, out_channels) if num_groups else None
@@ -134,11 +183,28 @@ class DyConv(nn.Module):
         use_dyfuse=True,
         use_dyrelu=True,
         gn_groups=16,
+        deform_conv_impl="fast",
+        deform_conv_low_precision=False,
+        name="DyConv",
     ):
+        """
+        Args:
+            deform_conv_impl, deform_conv_low_precision: ``impl`` and ``low_precision`` of the
+                deformable convs (ModulatedDeformConv3x3).
+            name (str): this module's path in the model, named by errors.
+        """
         super().__init__()
+        self.name = name
+        options = {"impl": deform_conv_impl, "low_precision": deform_conv_low_precision}
         self.DyConv = nn.ModuleList(
-            [Conv3x3Norm(in_channels, out_channels, s, use_dfconv, gn_groups) for s in (1, 1, 2)]
+            [
+                Conv3x3Norm(in_channels, out_channels, s, use_dfconv, gn_groups, **options)
+                for s in (1, 1, 2)
+            ]
         )
+        for k, conv in enumerate(self.DyConv):
+            if use_dfconv:
+                conv.conv.name = f"{name}.DyConv.{k}.conv"
         if use_dyfuse:
             self.AttnConv = nn.Sequential(
                 nn.AdaptiveAvgPool2d(1),
@@ -178,14 +244,21 @@ class DyConv(nn.Module):
                     coarse_offset = offset.reshape(b, -1)[:, : 18 * ch * cw].reshape(b, 18, ch, cw)
                     coarse_mask = mask.reshape(b, -1)[:, : 9 * ch * cw].reshape(b, 9, ch, cw)
 
-            terms = [self.DyConv[1](x, offset, mask)]
-            if level > 0:
-                terms.append(self.DyConv[2](features[level - 1], offset, mask))
-            if level < num_levels - 1:
-                coarse = self.DyConv[0](features[level + 1], coarse_offset, coarse_mask)
-                terms.append(
-                    F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True)
-                )
+            try:
+                terms = [self.DyConv[1](x, offset, mask)]
+                if level > 0:
+                    terms.append(self.DyConv[2](features[level - 1], offset, mask))
+                if level < num_levels - 1:
+                    coarse = self.DyConv[0](features[level + 1], coarse_offset, coarse_mask)
+                    terms.append(
+                        F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True)
+                    )
+            except FloatingPointError as err:
+                # The offsets of `level` come from that level's features (finest = 0).
+                raise FloatingPointError(
+                    f"{err} (offsets predicted at level {level} of {num_levels}, "
+                    f"features {tuple(x.shape)})"
+                ) from None
 
             stacked = torch.stack(terms)
             if self.AttnConv is not None:

@@ -133,6 +133,9 @@ class VLDyHead(nn.Module):
         clamp_value=50000.0,
         num_levels=5,
         use_checkpoint=False,
+        fusion_impl="auto",
+        deform_conv_impl="fast",
+        deform_conv_low_precision=False,
     ):
         """
         Args:
@@ -153,6 +156,8 @@ class VLDyHead(nn.Module):
             clamp_value (float): bound of every official +-50000 clamp.
             num_levels (int): pyramid levels (one ``scales`` entry each).
             use_checkpoint (bool): recompute each tower layer in backward (training memory).
+            fusion_impl (str): product order of the fusion attention (BiMultiHeadAttention).
+            deform_conv_impl, deform_conv_low_precision: DyConv's deformable convs.
         """
         super().__init__()
         hidden_size = text_config.hidden_size
@@ -172,6 +177,7 @@ class VLDyHead(nn.Module):
                     dropout=fusion_dropout,
                     init_layer_scale=1.0 / num_layers,
                     clamp_value=clamp_value,
+                    impl=fusion_impl,
                 )
                 if i < num_layers - 1 or use_fused_features_dot_product:
                     text_layer = ClampedBertLayer(text_config, clamp_value)
@@ -183,6 +189,9 @@ class VLDyHead(nn.Module):
                 use_dyfuse=use_dyfuse and full,
                 use_dyrelu=use_dyrelu and full,
                 gn_groups=gn_groups,
+                deform_conv_impl=deform_conv_impl,
+                deform_conv_low_precision=deform_conv_low_precision,
+                name=f"head.tower.{i}.dyconv",
             )
             layers.append(VLDyHeadLayer(fusion, text_layer, dyconv))
         self.tower = nn.ModuleList(layers)
@@ -243,6 +252,9 @@ class VLDyHead(nn.Module):
             "clamp_value": g.CLAMP_VALUE,
             "num_levels": len(input_shape),
             "use_checkpoint": g.USE_CHECKPOINT,
+            "fusion_impl": g.FUSION_IMPL,
+            "deform_conv_impl": g.DEFORM_CONV_IMPL,
+            "deform_conv_low_precision": g.DEFORM_CONV_LOW_PRECISION,
         }
 
     def forward(self, features, text, stage_outputs=None):

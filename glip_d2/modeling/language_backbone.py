@@ -8,6 +8,7 @@ Official counterpart: microsoft/GLIP maskrcnn_benchmark/modeling/language_backbo
 bert_model.py, ``BertEncoder``.
 """
 
+import torch
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
@@ -106,7 +107,8 @@ class HFLanguageBackbone(nn.Module):
     ``hidden`` (B, L, D), the last layer (pad rows not zeroed); ``embedded`` (B, L, D) =
     hidden * mask; ``mask`` (B, L), the attention mask.
     With a tunable linear table (prompt tuning), its first L rows are added to both
-    (docs/OFFICIAL_BEHAVIOURS.md, "Text features").
+    (docs/OFFICIAL_BEHAVIOURS.md, "Text features"); with ``tuned_input_ids`` set, only to the
+    rows whose tokens are that prompt.
     """
 
     @configurable
@@ -116,6 +118,7 @@ class HFLanguageBackbone(nn.Module):
         model,
         tokenizer,
         max_query_len=256,
+        pad_to_max=False,
         freeze=False,
         tunable_linear=False,
         weights_from_checkpoint=False,
@@ -124,7 +127,10 @@ class HFLanguageBackbone(nn.Module):
         Args:
             model (transformers.BertModel): encoder without pooler.
             tokenizer: its fast tokenizer.
-            max_query_len (int): every caption is padded / truncated to this many tokens.
+            max_query_len (int): captions are truncated to this many tokens.
+            pad_to_max (bool): pad every batch to ``max_query_len`` tokens (the official
+                layout) instead of to its longest caption; the results are the same up to
+                float rounding (docs/DESIGN.md, "Text length"), only slower.
             freeze (bool): no gradients for the encoder, which also stays in eval mode.
             tunable_linear (bool): add the zero-initialised (1000, D) prompt-tuning table.
             weights_from_checkpoint (bool): ``model`` holds random weights that MODEL.WEIGHTS
@@ -140,6 +146,7 @@ class HFLanguageBackbone(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.max_query_len = max_query_len
+        self.pad_to_max = pad_to_max
         self.freeze = freeze
         if freeze:
             for p in self.model.parameters():
@@ -152,6 +159,9 @@ class HFLanguageBackbone(nn.Module):
             # Linear(D, 1000) so that the weight is (1000, D) as in official checkpoints.
             self.tunable_linear = nn.Linear(model.config.hidden_size, 1000, bias=False)
             nn.init.zeros_(self.tunable_linear.weight)
+        # Token ids (L,) of the prompt a loaded prompt embedding was tuned for; None: the table
+        # applies to every prompt (official). See glip_d2/checkpoint/prompt_embedding.py.
+        self.register_buffer("tuned_input_ids", None, persistent=False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -166,8 +176,9 @@ class HFLanguageBackbone(nn.Module):
             "model": model,
             "tokenizer": tokenizer,
             "max_query_len": lb.MAX_QUERY_LEN,
+            "pad_to_max": lb.PAD_TO_MAX,
             "freeze": lb.FREEZE,
-            "tunable_linear": lb.TUNABLE_LINEAR,
+            "tunable_linear": lb.TUNABLE_LINEAR or bool(lb.PROMPT_EMBEDDING),
             "weights_from_checkpoint": lb.WEIGHTS_FROM_CHECKPOINT,
         }
 
@@ -181,23 +192,27 @@ class HFLanguageBackbone(nn.Module):
             self.model.eval()
         return self
 
-    def tokenize(self, captions, device=None):
-        """Tokenize like the official model: pad to MAX_QUERY_LEN, truncate longer captions.
+    def tokenize(self, captions, device=None, pad_to_max=None):
+        """Tokenize like the official model, truncating captions at MAX_QUERY_LEN tokens.
 
         Args:
             captions (str or list[str])
             device: where to put the tensors (default CPU).
+            pad_to_max (bool or None): pad to MAX_QUERY_LEN (the official layout) instead of
+                to the longest caption; None: the module's ``pad_to_max``.
         Returns:
-            dict: ``input_ids`` and ``attention_mask``, (B, MAX_QUERY_LEN) int64.
+            dict: ``input_ids`` and ``attention_mask``, (B, L) int64, L = the longest caption's
+            token count (at most MAX_QUERY_LEN) or MAX_QUERY_LEN; padding after the tokens.
         """
         if isinstance(captions, str):
             captions = [captions]
+        pad_to_max = self.pad_to_max if pad_to_max is None else pad_to_max
         if not captions or not all(isinstance(c, str) for c in captions):
             raise ValueError(f"tokenize expects a non-empty list of strings, got {captions!r}")
         enc = self.tokenizer(
             list(captions),
             max_length=self.max_query_len,
-            padding="max_length",
+            padding="max_length" if pad_to_max else "longest",
             truncation=True,
             return_tensors="pt",
         )
@@ -222,9 +237,24 @@ class HFLanguageBackbone(nn.Module):
         embedded = hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
         if self.tunable_linear is not None:
             prompt = self.tunable_linear.weight[: hidden.shape[1]].unsqueeze(0)
-            hidden = hidden + prompt
-            embedded = embedded + prompt
+            if self.tuned_input_ids is None:
+                hidden = hidden + prompt
+                embedded = embedded + prompt
+            else:  # only rows holding the tuned prompt; the others stay bit-identical
+                use = self._is_tuned_prompt(input_ids, attention_mask)[:, None, None]
+                hidden = torch.where(use, hidden + prompt, hidden)
+                embedded = torch.where(use, embedded + prompt, embedded)
         return TextFeatures(hidden, embedded, attention_mask)
+
+    def _is_tuned_prompt(self, input_ids, attention_mask):
+        """(B,) bool: which rows of ``input_ids`` (B, L) hold exactly the tuned prompt's
+        ``n`` real tokens (``tuned_input_ids``, (n,)), whatever the padding after them."""
+        ids = self.tuned_input_ids.to(input_ids.device)
+        n = ids.shape[0]
+        if input_ids.shape[1] < n:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        same_length = attention_mask.sum(dim=1) == n
+        return same_length & (input_ids[:, :n] == ids).all(dim=1)
 
 
 def build_language_backbone(cfg):

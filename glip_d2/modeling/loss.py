@@ -4,7 +4,10 @@ normalisation").
 
 * ``loss_dot_product_token``: sigmoid focal loss between every anchor and every attended token.
   A positive anchor's token targets are the binary positive-map row of its matched box; a
-  background anchor's target is a one-hot at the last column ([NoObj], usually a masked pad).
+  background anchor's target is a one-hot at column MAX_QUERY_LEN - 1 ([NoObj]): the last
+  column of the official text, padded to MAX_QUERY_LEN, so usually a masked pad. With unpadded
+  text (L < MAX_QUERY_LEN) that column does not exist and the target is dropped, exactly as the
+  official mask drops it; only when L == MAX_QUERY_LEN does it land on a real token.
 * ``loss_reg``: GIoU between the decoded prediction and the decoded target of each positive
   anchor, weighted by its centerness target, times ``reg_loss_weight``.
 * ``loss_centerness``: BCE between the centerness logit and the centerness target.
@@ -114,6 +117,7 @@ class GLIPLoss(nn.Module):
         focal_gamma=2.0,
         token_loss_weight=1.0,
         reg_loss_weight=2.0,
+        max_query_len=None,
     ):
         """
         Args:
@@ -122,6 +126,9 @@ class GLIPLoss(nn.Module):
             focal_alpha, focal_gamma (float): token focal-loss parameters.
             token_loss_weight (float): weight of ``loss_dot_product_token``.
             reg_loss_weight (float): weight of ``loss_reg`` (official ATSS.REG_LOSS_WEIGHT).
+            max_query_len (int or None): MAX_QUERY_LEN; the [NoObj] target sits at column
+                ``max_query_len - 1`` and only when the text has that many columns. None: at
+                the last column of whatever length the text has (text padded to the maximum).
         """
         super().__init__()
         self.box_coder = box_coder
@@ -130,6 +137,7 @@ class GLIPLoss(nn.Module):
         self.focal_gamma = focal_gamma
         self.token_loss_weight = token_loss_weight
         self.reg_loss_weight = reg_loss_weight
+        self.max_query_len = max_query_len
 
     @classmethod
     def from_config(cls, cfg, box_coder=None):
@@ -141,6 +149,7 @@ class GLIPLoss(nn.Module):
             "focal_gamma": g.FOCAL_GAMMA,
             "token_loss_weight": g.TOKEN_LOSS_WEIGHT,
             "reg_loss_weight": g.REG_LOSS_WEIGHT,
+            "max_query_len": cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN,
         }
 
     def match(self, anchors, num_anchors_per_level, gt_boxes):
@@ -166,7 +175,7 @@ class GLIPLoss(nn.Module):
             num_anchors_per_level (list[int]): level sizes.
             gt_boxes (list[Tensor]): per image (G_i, 4) boxes in the legacy convention.
             gt_token_maps (list[Tensor]): per image (G_i, L) binary token targets of each box.
-            text_mask (Tensor): (B, L) attention mask of the prompts.
+            text_mask (Tensor): (B, L) attention mask of the prompts; L <= ``max_query_len``.
         Returns:
             dict[str, Tensor]: ``loss_dot_product_token``, ``loss_reg``, ``loss_centerness``.
         """
@@ -180,6 +189,10 @@ class GLIPLoss(nn.Module):
             )
         if anchors.shape[0] != num_anchors:
             raise ValueError(f"GLIPLoss: {anchors.shape[0]} anchors for {num_anchors} locations")
+        if self.max_query_len is not None and num_tokens > self.max_query_len:
+            raise ValueError(
+                f"GLIPLoss: {num_tokens} token columns > MAX_QUERY_LEN={self.max_query_len}"
+            )
         with torch.autocast(device_type=logits.device.type, enabled=False):
             return self._losses(
                 logits.float(),
@@ -197,6 +210,9 @@ class GLIPLoss(nn.Module):
     ):
         num_tokens = logits.shape[2]
         matched = self.match(anchors, num_per_level, gt_boxes)
+        # [NoObj]: official column MAX_QUERY_LEN - 1 of the padded text; a shorter (unpadded)
+        # text has no such column, and there the official target sits on a masked pad.
+        noobj = num_tokens - 1 if self.max_query_len is None else self.max_query_len - 1
 
         token_targets = torch.zeros_like(logits)
         pos_reg, pos_ctr, pos_anchors, pos_gt = [], [], [], []
@@ -208,7 +224,8 @@ class GLIPLoss(nn.Module):
                     f"({gt_boxes[i].shape[0]}, {num_tokens})"
                 )
             token_targets[i, pos] = maps[i].to(logits)[m[pos]]
-            token_targets[i, m < 0, num_tokens - 1] = 1.0  # [NoObj]
+            if noobj < num_tokens:
+                token_targets[i, m < 0, noobj] = 1.0  # [NoObj]
             pos_reg.append(bbox_reg[i, pos])
             pos_ctr.append(ctr_logits[i, pos])
             pos_anchors.append(anchors[pos])

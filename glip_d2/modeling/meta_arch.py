@@ -7,7 +7,12 @@ scores every location against every token; ATSS + losses in training, phrase sco
 inference. Vocabularies too long for one prompt are split into chunks: the visual backbone
 still runs once per image, the head once per chunk (docs/OFFICIAL_BEHAVIOURS.md, "Detection
 prompts and chunks").
+
+Text is not padded to MAX_QUERY_LEN: the prompts of a head pass share the length of the
+longest of them (docs/DESIGN.md, "Text length"); positive maps are cut to that length.
 """
+
+from contextlib import nullcontext
 
 import torch
 from detectron2.config import configurable
@@ -18,9 +23,11 @@ from torch import nn
 from ..text import PromptJob, PromptJobBuilder
 from .box_coder import BoxCoder
 from .head import build_glip_head
+from .image_checks import check_finite_images
 from .language_backbone import build_language_backbone
 from .loss import GLIPLoss
 from .postprocess import GLIPPostProcessor, rescale_instances
+from .xvlm import build_xvlm_objectives
 
 __all__ = ["GLIPDetector"]
 
@@ -50,8 +57,10 @@ class GLIPDetector(nn.Module):
         pixel_std,
         size_divisibility=32,
         chunk_size=0,
-        chunk_batch=4,
+        chunk_batch=0,
         separator=". ",
+        inference_dtype="float32",
+        xvlm=None,
     ):
         """
         Args:
@@ -65,8 +74,14 @@ class GLIPDetector(nn.Module):
             pixel_mean, pixel_std (list[float]): BGR 0-255 normalisation.
             size_divisibility (int): pad images to a multiple of this.
             chunk_size (int): at most this many class names per prompt (0: as many as fit).
-            chunk_batch (int): prompt chunks run through the head together at most.
+            chunk_batch (int): prompt chunks run through the head together at most; 0: 1 on
+                CPU (batching buys no speed there and multiplies the head's memory), 4 on CUDA.
             separator (str): joins class names in detection prompts.
+            inference_dtype (str): "float32", "bfloat16" or "float16": autocast dtype of the
+                backbone, text encoder and head at inference (post-processing stays fp32);
+                training is not affected. float16 needs CUDA.
+            xvlm (XVLMObjectives or None): X-VLM's extra training losses (docs/XVLM.md); None
+                (every MODEL.GLIP.XVLM weight 0) keeps the official parameter set.
         """
         super().__init__()
         self.backbone = backbone
@@ -76,7 +91,11 @@ class GLIPDetector(nn.Module):
         self.loss = loss
         self.post_processor = post_processor
         self.size_divisibility = size_divisibility
-        self.chunk_batch = max(int(chunk_batch), 1)
+        if int(chunk_batch) < 0:
+            raise ValueError(f"MODEL.GLIP.CHUNK_BATCH must be >= 0, got {chunk_batch}")
+        self.chunk_batch = int(chunk_batch)
+        self.inference_dtype = _inference_dtype(inference_dtype)
+        self.xvlm = xvlm  # None adds no parameter: state_dict keys stay the official ones
         self.prompts = PromptJobBuilder(
             language_backbone.tokenizer,
             max_len=language_backbone.max_query_len,
@@ -92,6 +111,7 @@ class GLIPDetector(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        inference_dtype = _inference_dtype(cfg.MODEL.GLIP.INFERENCE_DTYPE, cfg.MODEL.DEVICE)
         backbone = build_backbone(cfg)
         language_backbone = build_language_backbone(cfg)
         shapes = backbone.output_shape()
@@ -111,6 +131,8 @@ class GLIPDetector(nn.Module):
             "chunk_size": cfg.MODEL.GLIP.CHUNK_SIZE,
             "chunk_batch": cfg.MODEL.GLIP.CHUNK_BATCH,
             "separator": cfg.DATASETS.GLIP.SEPARATOR,
+            "inference_dtype": inference_dtype,
+            "xvlm": build_xvlm_objectives(cfg, ordered, language_backbone),
         }
 
     @property
@@ -118,7 +140,12 @@ class GLIPDetector(nn.Module):
         return self.pixel_mean.device
 
     def preprocess_image(self, batched_inputs):
-        """Normalise the BGR images and pad them into an ``ImageList`` (zeros after norm)."""
+        """Normalise the BGR images and pad them into an ``ImageList`` (zeros after norm).
+
+        Non-finite pixels are refused here, before they reach the backbone
+        (:func:`~glip_d2.modeling.image_checks.check_finite_images`).
+        """
+        check_finite_images(batched_inputs)
         images = []
         for i, x in enumerate(batched_inputs):
             img = x["image"]
@@ -145,8 +172,9 @@ class GLIPDetector(nn.Module):
         anchors = [b.tensor for b in self.anchor_generator(features)]
         return features, torch.cat(anchors), [a.shape[0] for a in anchors]
 
-    def _encode_prompts(self, jobs):
-        """Runs the text encoder once per distinct caption.
+    def _encode_prompts(self, jobs, text_cache=None):
+        """Runs the text encoder once per distinct caption (or takes it from ``text_cache``,
+        a :class:`TextFeatureCache`, which is only consulted at inference without gradients).
 
         Returns:
             TextFeatures: over the distinct captions (U, L, ...), and (len(jobs),) int64
@@ -155,10 +183,28 @@ class GLIPDetector(nn.Module):
         distinct = {}
         for job in jobs:
             distinct.setdefault(job.caption, len(distinct))
-        tokens = self.language_backbone.tokenize(list(distinct), device=self.device)
-        text = self.language_backbone(tokens["input_ids"], tokens["attention_mask"])
+        lang = self.language_backbone
+        if text_cache is not None and not self.training and not torch.is_grad_enabled():
+            text = text_cache.encode(lang, list(distinct), self.device)
+        else:
+            tokens = lang.tokenize(list(distinct), device=self.device)
+            text = lang(tokens["input_ids"], tokens["attention_mask"])
         index = torch.tensor([distinct[j.caption] for j in jobs], device=self.device)
         return text, index
+
+    def _select_text(self, text, index):
+        """The text of some jobs, (J, L, ...): L is the longest of their prompts (MAX_QUERY_LEN
+        with PAD_TO_MAX), so a pass over short prompts does not carry a longer one's padding."""
+        text = text.index_select(index)
+        return text if self.language_backbone.pad_to_max else text.trim()
+
+    def _autocast(self):
+        """The inference precision (MODEL.GLIP.INFERENCE_DTYPE) for the backbone, text
+        encoder and head; a no-op in fp32."""
+        if self.inference_dtype == torch.float32:
+            return nullcontext()
+        _inference_dtype(self.inference_dtype, self.device.type)  # e.g. fp16 moved to CPU
+        return torch.autocast(self.device.type, dtype=self.inference_dtype)
 
     def _run_head(self, features, text, image_ids):
         """Head over (image, prompt) pairs: ``image_ids`` (list[int]) and the pairs' texts."""
@@ -185,10 +231,14 @@ class GLIPDetector(nn.Module):
                 raise ValueError(f"image {i}: training needs 'instances' (got keys {sorted(x)})")
             jobs.extend(self.prompts.jobs(i, x, allow_chunks=False))
 
+        features, anchors, num_per_level = self._features_and_anchors(images)
+        text, text_index = self._encode_prompts(jobs)
+        text = self._select_text(text, text_index)
+
         gt_boxes, gt_maps = [], []
         for job, x in zip(jobs, batched_inputs, strict=True):
             inst = x["instances"]
-            pmap = self.prompts.positive_map(job)
+            pmap = _cut_positive_map(self.prompts.positive_map(job), text.length)
             classes = inst.gt_classes.to(torch.long).cpu()
             bad = (classes < 0) | (classes >= pmap.shape[0])
             if bad.any():
@@ -199,15 +249,25 @@ class GLIPDetector(nn.Module):
             gt_boxes.append(inst.gt_boxes.tensor.to(self.device))
             gt_maps.append(pmap[classes].to(self.device))
 
-        features, anchors, num_per_level = self._features_and_anchors(images)
-        text, text_index = self._encode_prompts(jobs)
-        text = text.index_select(text_index)
         outputs = self._run_head(features, text, list(range(len(jobs))))
-        return self.loss(outputs, anchors, num_per_level, gt_boxes, gt_maps, text.mask)
+        losses = self.loss(outputs, anchors, num_per_level, gt_boxes, gt_maps, text.mask)
+        # ---- X-VLM objectives (issue #17, glip_d2/modeling/xvlm/): off unless configured ----
+        if self.xvlm is not None:
+            losses.update(
+                self.xvlm(
+                    batched_inputs,
+                    jobs,
+                    features,
+                    images.image_sizes,
+                    language_backbone=self.language_backbone,
+                    head=self.head,
+                )
+            )
+        return losses
 
     # ---- inference -----------------------------------------------------------------------
 
-    def dense_outputs(self, batched_inputs, images=None):
+    def dense_outputs(self, batched_inputs, images=None, text_cache=None):
         """The head's outputs for each image's ``caption``, before any phrase is chosen.
 
         The head scores tokens, not phrases, so its outputs do not depend on ``phrase_spans``:
@@ -218,7 +278,7 @@ class GLIPDetector(nn.Module):
         Returns:
             dict: ``logits`` (B, N, L), ``bbox_reg`` (B, N, 4), ``centerness`` (B, N, 1),
             ``text_mask`` (B, L), ``anchors`` (N, 4), ``num_anchors_per_level`` (list[int]),
-            ``images`` (the normalised ``ImageList``).
+            ``images`` (the normalised ``ImageList``). ``text_cache`` as in :meth:`inference`.
         """
         if images is None:
             images = self.preprocess_image(batched_inputs)
@@ -227,10 +287,13 @@ class GLIPDetector(nn.Module):
             if not isinstance(x.get("caption"), str) or not x["caption"].strip():
                 raise ValueError(f"image {i}: dense outputs need a non-empty 'caption'")
             jobs.append(PromptJob(i, x["caption"], (), ()))
-        features, anchors, num_per_level = self._features_and_anchors(images)
-        text, text_index = self._encode_prompts(jobs)
-        text = text.index_select(text_index)
-        outputs = self._run_head(features, text, list(range(len(jobs))))
+        with self._autocast():
+            features, anchors, num_per_level = self._features_and_anchors(images)
+            text, text_index = self._encode_prompts(jobs, text_cache)
+            text = self._select_text(text, text_index)
+            outputs = self._run_head(features, text, list(range(len(jobs))))
+        # Token scores are read in fp32 (glip_d2/modeling/phrase_grounding.py), as post-processing.
+        outputs = {k: v.float() if torch.is_tensor(v) else v for k, v in outputs.items()}
         return {
             **outputs,
             "text_mask": text.mask,
@@ -239,12 +302,14 @@ class GLIPDetector(nn.Module):
             "images": images,
         }
 
-    def inference(self, batched_inputs, images=None, do_postprocess=True):
+    def inference(self, batched_inputs, images=None, do_postprocess=True, text_cache=None):
         """Detections per image.
 
         Args:
             images (ImageList or None): already normalised images; default: preprocess.
             do_postprocess (bool): rescale boxes to each input's ``height``/``width``.
+            text_cache (TextFeatureCache or None): text features of earlier calls, used when
+                gradients are off (``GLIPPredictor`` and the evaluation loop pass one).
         Returns:
             list[dict]: ``{"instances": Instances}`` per image.
         """
@@ -255,27 +320,31 @@ class GLIPDetector(nn.Module):
         jobs = []
         for i, x in enumerate(batched_inputs):
             jobs.extend(self.prompts.jobs(i, x, allow_chunks=True))
-        pmaps = [self.prompts.positive_map(j).to(self.device) for j in jobs]
-
-        features, anchors, num_per_level = self._features_and_anchors(images)
-        text, text_index = self._encode_prompts(jobs)
-        # One pass per image when there are no chunks; chunks go CHUNK_BATCH at a time.
-        group = max(len(batched_inputs), self.chunk_batch)
+        with self._autocast():
+            features, anchors, num_per_level = self._features_and_anchors(images)
+            text, text_index = self._encode_prompts(jobs, text_cache)
+        # One pass per image when there are no chunks; chunks go CHUNK_BATCH at a time, each
+        # pass post-processed (in fp32) before the next one runs.
+        chunk_batch = self.chunk_batch or (1 if self.device.type == "cpu" else 4)
+        group = max(len(batched_inputs), chunk_batch)
         per_image = [[] for _ in batched_inputs]
         for start in range(0, len(jobs), group):
             part = jobs[start : start + group]
-            outputs = self._run_head(
-                features,
-                text.index_select(text_index[start : start + len(part)]),
-                [j.image_index for j in part],
-            )
+            part_text = self._select_text(text, text_index[start : start + len(part)])
+            with self._autocast():
+                outputs = self._run_head(features, part_text, [j.image_index for j in part])
+            pmaps = [
+                _cut_positive_map(self.prompts.positive_map(j), part_text.length).to(self.device)
+                for j in part
+            ]
             results = self.post_processor(
                 outputs,
                 anchors,
                 num_per_level,
-                pmaps[start : start + len(part)],
+                pmaps,
                 [images.image_sizes[j.image_index] for j in part],
             )
+            del outputs, part_text  # free this pass's logits before the next pass
             for job, inst in zip(part, results, strict=True):
                 ids = torch.tensor(job.phrase_ids, dtype=torch.long, device=self.device)
                 inst.pred_classes = ids[inst.pred_classes]
@@ -288,3 +357,39 @@ class GLIPDetector(nn.Module):
                 inst = rescale_instances(inst, x.get("height", size[0]), x.get("width", size[1]))
             out.append({"instances": inst})
         return out
+
+
+_INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _inference_dtype(name, device=None):
+    """MODEL.GLIP.INFERENCE_DTYPE (a name or a torch dtype) -> torch dtype, checked against the
+    device type (fp16 autocast is refused on CPU: no fast fp16 matrix products there, and the
+    deformable convolution has no CPU fp16 kernel; use bfloat16)."""
+    dtype = _INFERENCE_DTYPES.get(name, name)
+    if dtype not in _INFERENCE_DTYPES.values():
+        raise ValueError(
+            f"MODEL.GLIP.INFERENCE_DTYPE={name!r}: expected one of {sorted(_INFERENCE_DTYPES)}"
+        )
+    if dtype == torch.float16 and device is not None and str(device).startswith("cpu"):
+        raise ValueError(
+            "MODEL.GLIP.INFERENCE_DTYPE='float16' needs CUDA (MODEL.DEVICE is "
+            f"{str(device)!r}); on CPU use 'bfloat16' or 'float32'"
+        )
+    return dtype
+
+
+def _cut_positive_map(positive_map, length):
+    """A (P, MAX_QUERY_LEN) positive map cut to the ``length`` token columns of the text.
+
+    The caption's own tokens all lie within ``length`` (the text is at least as long as
+    its longest prompt), so only empty columns are dropped.
+    """
+    if positive_map.shape[1] <= length:
+        return positive_map
+    if positive_map[:, length:].any():
+        raise RuntimeError(
+            f"positive map marks tokens after column {length}, the text's length (tokenizer "
+            "and text encoder disagree on the prompt's tokens)"
+        )
+    return positive_map[:, :length]

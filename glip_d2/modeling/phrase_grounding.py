@@ -65,7 +65,7 @@ def _empty_instances(size, device):
     return inst
 
 
-def ground_captions(model, batched_inputs, text_threshold, images=None):
+def ground_captions(model, batched_inputs, text_threshold, images=None, text_cache=None):
     """Find each caption's phrases with the model and detect them, in one forward pass.
 
     Args:
@@ -74,12 +74,13 @@ def ground_captions(model, batched_inputs, text_threshold, images=None):
             (``phrase_spans`` / ``class_names`` are not used).
         text_threshold (float): a token joins a phrase when its score is greater.
         images (ImageList or None): already normalised images.
+        text_cache (TextFeatureCache or None): passed to :meth:`GLIPDetector.dense_outputs`.
     Returns:
         list[dict]: per image ``instances`` (boxes at ``height`` x ``width``, ``pred_classes``
         indexing ``phrases``), ``phrases`` (list[str]), ``phrase_spans`` and ``token_scores``
         ((L,) tensor). No phrase found: empty ``phrases`` and no detection.
     """
-    dense = model.dense_outputs(batched_inputs, images)
+    dense = model.dense_outputs(batched_inputs, images, text_cache=text_cache)
     scores = token_scores(dense["logits"], dense["centerness"], dense["text_mask"])
     lang = model.language_backbone
     width = dense["logits"].shape[-1]

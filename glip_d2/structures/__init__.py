@@ -9,6 +9,7 @@ from .legacy_boxes import (
     legacy_cell_anchors,
     legacy_xyxy_to_xywh,
     nms_legacy,
+    nonempty_legacy,
     pairwise_iou_legacy,
     xywh_to_legacy_xyxy,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "legacy_cell_anchors",
     "legacy_xyxy_to_xywh",
     "nms_legacy",
+    "nonempty_legacy",
     "pairwise_iou_legacy",
     "xywh_to_legacy_xyxy",
 ]

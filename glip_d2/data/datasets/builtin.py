@@ -15,11 +15,15 @@ from ..synthetic import ALL_CLASSES, SEEN_CLASSES
 from .coco import register_grounding_coco
 from .lvis import LVIS_EVALUATION_SETS, register_lvis_evaluation
 from .mdetr import register_mdetr_grounding
+from .odinw import register_odinw
 
 __all__ = ["register_all_glip", "register_glip_synth"]
 
 _MDETR = "mdetr_annotations"
 _FLICKR_IMAGES = "flickr30k/flickr30k_images"
+# The Flickr30K Entities folder (Sentences/, Annotations/, {train,val,test}.txt): phrase types
+# of the val/test sets, for recall per type.
+_FLICKR_ENTITIES = "flickr30k/flickr30k_entities"
 _COCO_2014 = "coco/train2014"
 
 # name -> (json under the root, image root(s) under the root, excluded sources, evaluator)
@@ -97,8 +101,10 @@ def register_glip_synth(root):
 
 def register_all_glip(root):
     for name, (json_file, image_root, exclude, evaluator) in _PREDEFINED_MDETR.items():
+        evaluated = name.startswith("flickr30k") and not name.endswith("_train")
+        entities = os.path.join(root, _FLICKR_ENTITIES) if evaluated else None
         register_mdetr_grounding(
-            name, _join(root, json_file), _join(root, image_root), exclude, evaluator
+            name, _join(root, json_file), _join(root, image_root), exclude, evaluator, entities
         )
     for name, (json_file, image_root) in _PREDEFINED_COCO.items():
         register_grounding_coco(name, _join(root, json_file), _join(root, image_root))
@@ -106,6 +112,7 @@ def register_all_glip(root):
         register_lvis_evaluation(
             name, os.path.join(root, json_file), os.path.join(root, image_root)
         )
+    register_odinw(root)
     register_glip_synth(root)
 
 

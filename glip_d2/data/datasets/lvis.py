@@ -10,6 +10,8 @@ category's prompt and the text context of its whole chunk.
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.lvis import load_lvis_json
 
+from .checks import check_record_boxes
+
 __all__ = ["LVIS_EVALUATION_SETS", "lvis_v1_official_names", "register_lvis_evaluation"]
 
 # name -> (json, image root), relative to the datasets root: the official task configs
@@ -36,6 +38,7 @@ def lvis_v1_official_names():
 def _load(json_file, image_root, name):
     # dataset_name=None: D2 would otherwise overwrite thing_classes with its synonyms.
     records = load_lvis_json(json_file, image_root, None)
+    check_record_boxes(records, json_file)
     for r in records:
         r["dataset_name"] = name
     return records

@@ -10,7 +10,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from ...text import check_spans
+from .checks import SpanChecker, check_record_boxes
+from .flickr_entities import attach_flickr_phrase_types
 
 __all__ = ["load_mdetr_json", "register_mdetr_grounding"]
 
@@ -47,6 +48,8 @@ def load_mdetr_json(json_file, image_root, dataset_name=None, exclude_sources=()
         list[dict]: ``file_name, height, width, image_id, caption, annotations`` (``bbox``,
         ``bbox_mode``, ``tokens_positive``, ``category_id`` 0, ``iscrowd``) and the
         evaluation keys ``tokens_positive_eval``, ``phrase_ids``, ... when present.
+    Raises:
+        ValueError: bad boxes or spans (:mod:`.checks`), naming the file and the image id.
     """
     with PathManager.open(json_file) as f:
         data = json.load(f)
@@ -57,6 +60,7 @@ def load_mdetr_json(json_file, image_root, dataset_name=None, exclude_sources=()
     for anno in data["annotations"]:
         annos_per_image.setdefault(anno["image_id"], []).append(anno)
     records, excluded = [], 0
+    check = SpanChecker(json_file)
     for entry in data["images"]:
         if entry.get("data_source") in exclude_sources:
             excluded += 1
@@ -76,6 +80,12 @@ def load_mdetr_json(json_file, image_root, dataset_name=None, exclude_sources=()
         for key in _EVAL_KEYS:
             if key in entry:
                 record[key] = entry[key]
+        if entry.get("tokens_positive_eval"):
+            where = f"{json_file}: image id={entry['id']}, tokens_positive_eval"
+            record["tokens_positive_eval"] = [
+                check(caption, spans, f"{where}[{k}]")
+                for k, spans in enumerate(entry["tokens_positive_eval"])
+            ]
         annotations = []
         for anno in annos_per_image.get(entry["id"], []):
             spans = anno.get("tokens_positive")
@@ -89,7 +99,7 @@ def load_mdetr_json(json_file, image_root, dataset_name=None, exclude_sources=()
                 {
                     "bbox": anno["bbox"],
                     "bbox_mode": BoxMode.XYWH_ABS,
-                    "tokens_positive": check_spans(caption, spans, where),
+                    "tokens_positive": check(caption, spans, where),
                     "category_id": 0,
                     "iscrowd": anno.get("iscrowd", 0),
                 }
@@ -98,17 +108,30 @@ def load_mdetr_json(json_file, image_root, dataset_name=None, exclude_sources=()
         if dataset_name is not None:
             record["dataset_name"] = dataset_name
         records.append(record)
+    check.report()
+    check_record_boxes(records, json_file)
     if excluded:
         logger.info("%s: excluded %d entries from %s", json_file, excluded, list(exclude_sources))
     logger.info("Loaded %d grounding records from %s", len(records), json_file)
     return records
 
 
-def register_mdetr_grounding(name, json_file, image_root, exclude_sources=(), evaluator_type=""):
-    """Register an MDETR-format grounding set (lazy: nothing is read now)."""
-    DatasetCatalog.register(
-        name, lambda: load_mdetr_json(json_file, image_root, name, exclude_sources)
-    )
+def register_mdetr_grounding(
+    name, json_file, image_root, exclude_sources=(), evaluator_type="", entities_dir=None
+):
+    """Register an MDETR-format grounding set (lazy: nothing is read now).
+
+    ``entities_dir`` (Flickr30K): the Flickr30K Entities folder; when it holds ``Sentences/``
+    the records get ``phrase_types`` (:func:`attach_flickr_phrase_types`).
+    """
+
+    def load():
+        records = load_mdetr_json(json_file, image_root, name, exclude_sources)
+        if entities_dir is not None:
+            attach_flickr_phrase_types(records, entities_dir)
+        return records
+
+    DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(
         json_file=json_file,
         image_root=image_root,

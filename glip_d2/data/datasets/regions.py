@@ -11,7 +11,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 from torchvision.ops import nms as torchvision_nms
 
-from ...text import check_spans
+from .checks import SpanChecker, check_record_boxes
 
 __all__ = [
     "load_region_descriptions",
@@ -60,6 +60,7 @@ def load_region_descriptions(json_file, image_root, dataset_name=None):
             if dataset_name is not None:
                 record["dataset_name"] = dataset_name
             records.append(record)
+    check_record_boxes(records, json_file)
     logger.info("Loaded %d region records from %s", len(records), json_file)
     return records
 
@@ -105,15 +106,15 @@ def load_pseudo_label_captions(
     with PathManager.open(json_file) as f:
         data = json.load(f)
     records, dropped = [], 0
+    check = SpanChecker(json_file)
     for i, entry in enumerate(data):
         caption = entry.get("caption")
         if not caption:
             raise ValueError(f"{json_file}: record {i} ({entry.get('file_name')}) has no caption")
         boxes, scores, spans = [], [], []
         for entity in entry.get("entities", []):
-            entity_spans = check_spans(
-                caption, entity["tokens_positive"], f"{json_file}: record {i}"
-            )
+            where = f"{json_file}: image id={entry.get('image_id', i)} ({entry.get('file_name')!r})"
+            entity_spans = check(caption, entity["tokens_positive"], where)
             if len(entity["boxes"]) != len(entity["scores"]):
                 raise ValueError(f"{json_file}: record {i} has boxes and scores of unequal length")
             boxes += [list(b) for b in entity["boxes"]]
@@ -149,6 +150,8 @@ def load_pseudo_label_captions(
         if dataset_name is not None:
             record["dataset_name"] = dataset_name
         records.append(record)
+    check.report()
+    check_record_boxes(records, json_file)
     logger.info(
         "Loaded %d caption records from %s (%d with < %d boxes over %.2f dropped)",
         len(records),
