@@ -41,7 +41,9 @@ DEFAULT_OPSET = 17
 class GLIPExportModule(nn.Module):
     """One image and one prompt -> GLIP's dense outputs (the graph that is exported).
 
-    The submodules are the model's own (shared, not copied).
+    The submodules are the model's own (shared, not copied). The batch is 1: detectron2's
+    ``window_reverse`` (Swin) computes the batch size with ``int()``, which a trace keeps as a
+    constant; the runtime runs one image and one prompt per call anyway.
     """
 
     def __init__(self, model):

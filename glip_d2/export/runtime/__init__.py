@@ -129,8 +129,8 @@ class GLIPRuntime:
 
     def __call__(self, image, prompt=None, format=None):
         """Detections of ``prompt`` in ``image`` (module docstring); boxes in its pixels."""
+        tensor, size = self.preprocess(image, format)  # the image is checked first
         passes, names = self.prompts.passes(prompt, self.config["default_class_names"])
-        tensor, size = self.preprocess(image, format)
         c = self.config
         results = []
         for p in passes:  # one graph run per prompt (chunks of a long vocabulary)
