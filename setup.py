@@ -3,6 +3,8 @@
 from setuptools import find_packages, setup
 
 WEB = ["fastapi>=0.100,<1", "uvicorn>=0.23,<1", "python-multipart>=0.0.18,<0.1"]
+# ONNX export (python -m glip_d2.export) and its runtime (onnxruntime, with numpy and tokenizers).
+EXPORT = ["onnx>=1.14", "onnxruntime>=1.16"]
 
 setup(
     name="glip_d2",
@@ -34,8 +36,9 @@ setup(
     extras_require={
         # The web demo (demo/web.py, glip_d2.web): a small FastAPI page served by uvicorn.
         "web": WEB,
-        # Tests, lint, and the browser test of the web demo (Playwright drives a system
-        # Chromium; .ci/run installs Debian's chromium when it is missing).
+        "export": EXPORT,
+        # Tests, lint, the browser test of the web demo (Playwright drives a system
+        # Chromium; .ci/run installs Debian's chromium when it is missing) and the export test.
         # hypothesis: the property-based tests of prompts, chunks and positive maps.
         "dev": [
             "pytest>=7",
@@ -43,6 +46,7 @@ setup(
             "ruff>=0.6",
             "wheel>=0.40",
             *WEB,
+            *EXPORT,
             "playwright>=1.40,<2",
         ],
         # Noun phrases of free sentences: spaCy's tagger (noun_phrases.py). spaCy's English

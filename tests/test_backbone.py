@@ -6,6 +6,7 @@ from conftest import REPO_ROOT, load_reference, reference_cfg, reference_state_d
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
+from detectron2.modeling.backbone.swin import window_partition
 
 from glip_d2.config import add_glip_config
 from glip_d2.modeling.backbone import (
@@ -14,7 +15,7 @@ from glip_d2.modeling.backbone import (
     GLIPSwinTransformer,
     build_glip_swin_fpn_backbone,
 )
-from glip_d2.modeling.backbone.swin import DropPath
+from glip_d2.modeling.backbone.swin import DropPath, shifted_window_mask
 
 # Intel and AMD CPUs round differently in the large matmuls (the reference came from an AMD
 # machine); a real mismatch is >= 1e-4 relative, the maps' magnitudes are <= ~7.
@@ -242,3 +243,29 @@ def test_bad_swin_config_errors():
     cfg.MODEL.SWIN.DEPTHS = [2, 2, 2]
     with pytest.raises(ValueError, match="DEPTHS"):
         build_backbone(cfg)
+
+
+def _slice_assigned_window_mask(height, width, window_size, shift_size):
+    """The official formulation of the shifted-window mask (microsoft/GLIP
+    maskrcnn_benchmark/modeling/backbone/swint.py, ``BasicLayer.forward``): region labels by
+    slice assignment."""
+    region = torch.zeros((1, height, width, 1))
+    bounds = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
+    label = 0
+    for hs in bounds:
+        for ws in bounds:
+            region[:, hs, ws, :] = label
+            label += 1
+    windows = window_partition(region, window_size).view(-1, window_size * window_size)
+    diff = windows.unsqueeze(1) - windows.unsqueeze(2)
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+
+
+@pytest.mark.parametrize(
+    "height,width,window", [(7, 7, 7), (14, 35, 7), (28, 21, 7), (12, 24, 12), (36, 12, 12)]
+)
+def test_shifted_window_mask_equals_slice_assignment(height, width, window):
+    expected = _slice_assigned_window_mask(height, width, window, window // 2)
+    actual = shifted_window_mask(height, width, window, window // 2, "cpu")
+    assert actual.dtype == expected.dtype and torch.equal(actual, expected)
+    assert (actual == -100).any() or height == width == window

@@ -12,8 +12,6 @@ subclass changes what GLIP needs on top of it:
   gradient checkpointing only when gradients are being recorded.
 """
 
-import math
-
 import torch
 import torch.utils.checkpoint as cp
 from detectron2.layers import ShapeSpec
@@ -53,18 +51,24 @@ class DropPath(nn.Module):
 def shifted_window_mask(height, width, window_size, shift_size, device):
     """Additive attention mask of the shifted windows: 0 inside a region, -100 across.
 
+    The padded map is cut into 3 x 3 regions by the rows and columns ``window_size`` and
+    ``shift_size`` from its end (the official slices ``[0, -window_size)``, ``[-window_size,
+    -shift_size)``, ``[-shift_size, end)``), labelled 0..8 row-major; two tokens of a window
+    attend to each other only within one region. The labels come from comparisons with
+    ``arange`` instead of slice assignments, so that a traced graph (ONNX export) computes
+    them for any size.
+
     Args:
         height, width (int): feature size, already padded to multiples of ``window_size``.
     Returns:
         Tensor (num_windows, window_size**2, window_size**2), float32.
     """
-    region = torch.zeros((1, height, width, 1), device=device)
-    bounds = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
-    label = 0
-    for hs in bounds:
-        for ws in bounds:
-            region[:, hs, ws, :] = label
-            label += 1
+
+    def band(size):  # 0, 1, 2 for the three slices along one axis
+        index = torch.arange(size, device=device)
+        return (index >= size - window_size).float() + (index >= size - shift_size).float()
+
+    region = (3 * band(height)[:, None] + band(width)[None, :]).view(1, height, width, 1)
     windows = window_partition(region, window_size).view(-1, window_size * window_size)
     diff = windows.unsqueeze(1) - windows.unsqueeze(2)
     return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
@@ -161,8 +165,9 @@ class GLIPSwinTransformer(SwinTransformer):
         return self
 
     def _run_stage(self, layer, x, H, W):
-        Hp = math.ceil(H / self.window_size) * self.window_size
-        Wp = math.ceil(W / self.window_size) * self.window_size
+        # Integer arithmetic (not math.ceil): a traced graph keeps it as a function of the size.
+        Hp = (H + self.window_size - 1) // self.window_size * self.window_size
+        Wp = (W + self.window_size - 1) // self.window_size * self.window_size
         mask = shifted_window_mask(Hp, Wp, self.window_size, self.window_size // 2, x.device)
         mask = mask.to(x.dtype)
         recompute = self.use_checkpoint and self.training and torch.is_grad_enabled()
