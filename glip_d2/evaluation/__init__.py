@@ -1,7 +1,8 @@
 """Evaluators: COCO (+1 export), LVIS (fixed AP), Flickr30K recall, RefCOCO accuracy, ODinW;
-image-text retrieval metrics."""
+image-text retrieval metrics; AP over category subsets."""
 
 from .build import EVALUATOR_TYPES, build_glip_evaluator
+from .category_groups import category_group_metrics, category_subset_ap
 from .coco import GLIPCOCOEvaluator, legacy_instances_to_coco_json
 from .grounding import FlickrRecallEvaluator, RefExpAccuracyEvaluator, box_iou_xyxy
 from .lvis import GLIPLVISEvaluator, top_k_per_category
@@ -24,6 +25,8 @@ __all__ = [
     "box_iou_xyxy",
     "build_glip_evaluator",
     "caption_table",
+    "category_group_metrics",
+    "category_subset_ap",
     "legacy_instances_to_coco_json",
     "random_ranking_recalls",
     "rerank_scores",
