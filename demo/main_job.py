@@ -4,8 +4,10 @@
 1. generate ``glip_synth`` if missing (``$DETECTRON2_DATASETS/glip_synth``);
 2. evaluate the untrained (randomly initialised) model on ``glip_synth_val`` and
    ``glip_synth_test_heldout``;
-3. train ``configs/synthetic/glip_small_synth.yaml`` from scratch through ``GLIPTrainer``
-   (what ``train_net.py`` runs);
+3. train the recipe of ``--layout`` from scratch through ``GLIPTrainer`` (what
+   ``train_net.py`` runs): ``A`` (``configs/synthetic/glip_small_synth.yaml``, GLIP-T (A)'s head
+   without deep fusion) or ``fused`` (``configs/synthetic/glip_small_synth_fused.yaml``, GLIP's
+   deep fusion);
 4. evaluate the trained model on both splits;
 5. draw the predictions for a free-text prompt on a held-out image (D2 ``Visualizer``);
 6. write ``output/main_job/metrics.json`` and print a summary.
@@ -37,7 +39,12 @@ from glip_d2.predictor import GLIPPredictor, read_image
 
 REPO = Path(__file__).resolve().parents[1]
 
-CONFIG = REPO / "configs" / "synthetic" / "glip_small_synth.yaml"
+# --layout -> config; DEFAULT_LAYOUT is what `make demo` trains (README, "The main job").
+LAYOUT_CONFIGS = {
+    "A": REPO / "configs" / "synthetic" / "glip_small_synth.yaml",
+    "fused": REPO / "configs" / "synthetic" / "glip_small_synth_fused.yaml",
+}
+DEFAULT_LAYOUT = "A"
 SPLITS = ("glip_synth_val", "glip_synth_test_heldout")
 # Free text with a held-out colour-shape pair ("blue star") next to seen ones.
 PROMPT = "a blue star next to a red circle and a green square"
@@ -46,8 +53,20 @@ PHRASES = ("blue star", "red circle", "green square")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-file", default=str(CONFIG))
-    parser.add_argument("--output-dir", default=str(REPO / "output" / "main_job"))
+    parser.add_argument(
+        "--layout",
+        choices=sorted(LAYOUT_CONFIGS),
+        default=DEFAULT_LAYOUT,
+        help=f"head layout to train: its recipe in configs/synthetic/ (default {DEFAULT_LAYOUT})",
+    )
+    parser.add_argument(
+        "--config-file", default=None, help="another recipe (default: the --layout's)"
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="default output/main_job for the default layout, else output/main_job_<layout>",
+    )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument(
         "--train-seconds",
@@ -58,7 +77,13 @@ def parse_args(argv=None):
         "here) (default 0: the config's MAX_ITER, about 9 minutes on 2 cores)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.config_file is None:
+        args.config_file = str(LAYOUT_CONFIGS[args.layout])
+    if args.output_dir is None:
+        name = "main_job" if args.layout == DEFAULT_LAYOUT else f"main_job_{args.layout}"
+        args.output_dir = str(REPO / "output" / name)
+    return args
 
 
 def _rounded_ap(bbox, no_dets, key):
@@ -232,6 +257,8 @@ def main(argv=None):
 
     metrics = {
         "config": os.path.relpath(args.config_file, REPO),
+        "layout": args.layout,
+        "early_fuse": bool(cfg.MODEL.GLIP.EARLY_FUSE),
         "iterations": cfg.SOLVER.MAX_ITER,
         "configured_iterations": configured_iters,
         "estimated_seconds_per_iteration": sec_per_iter,
@@ -264,7 +291,8 @@ def main(argv=None):
 
     print("\n==== glip_d2 main job ====")
     print(
-        f"config {metrics['config']}: {cfg.SOLVER.MAX_ITER} iterations x "
+        f"config {metrics['config']} (layout {args.layout}, deep fusion "
+        f"{metrics['early_fuse']}): {cfg.SOLVER.MAX_ITER} iterations x "
         f"{cfg.SOLVER.IMS_PER_BATCH} images, {torch.get_num_threads()} threads, "
         f"bf16={metrics['bf16_cpu']}"
     )
