@@ -184,15 +184,67 @@ def prepare_glip_synth():
     return root
 
 
+def phrase_scores_on_objects(instances, gt_boxes, iou_thresh=0.5):
+    """Each phrase's best score on each ground-truth object of the drawn image.
+
+    Args:
+        instances (Instances): the predictor's detections (every score it keeps, i.e. above
+            MODEL.GLIP.INFERENCE_TH), ``pred_classes`` indexing ``PHRASES``.
+        gt_boxes (Tensor): (G, 4) XYXY boxes of the objects.
+    Returns:
+        list[dict[str, float]]: per object, phrase -> the highest score among the detections of
+        that phrase overlapping the object with IoU >= iou_thresh (0.0 if none).
+    """
+    from detectron2.structures import Boxes, pairwise_iou
+
+    iou = pairwise_iou(Boxes(gt_boxes), instances.pred_boxes)  # (G, D)
+    out = []
+    for g in range(len(gt_boxes)):
+        scores = {}
+        for p, phrase in enumerate(PHRASES):
+            keep = (iou[g] >= iou_thresh) & (instances.pred_classes == p)
+            scores[phrase] = round(float(instances.scores[keep].max()), 3) if keep.any() else 0.0
+        out.append(scores)
+    return out
+
+
+def _heldout_objects(image_file):
+    """(names, (G, 4) XYXY boxes) of the ground truth of a glip_synth_test_heldout image."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import BoxMode
+
+    names = MetadataCatalog.get("glip_synth_test_heldout").thing_classes
+    record = next(
+        r
+        for r in DatasetCatalog.get("glip_synth_test_heldout")
+        if os.path.basename(r["file_name"]) == os.path.basename(image_file)
+    )
+    anns = record["annotations"]
+    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
+    return [names[a["category_id"]] for a in anns], torch.tensor(boxes, dtype=torch.float32)
+
+
 @torch.no_grad()
 def draw_prompt_predictions(cfg, model, image_file, out_file, score_thresh=0.3):
-    """Run ``PROMPT`` on one image with ``GLIPPredictor`` (the official test resize) and save
-    the drawn detections (score >= score_thresh)."""
+    """Run ``PROMPT`` on one held-out image with ``GLIPPredictor`` (the official test resize)
+    and save the drawn detections (score >= score_thresh).
+
+    Returns (the drawn detections, each ground-truth object's best score per phrase): the
+    latter shows how strongly a phrase is given to an object it does not name (e.g. "blue
+    star" on the yellow star) even where that stays below the drawing's threshold.
+    """
     predictor = GLIPPredictor(cfg, model=model)
     image = read_image(image_file, format=cfg.INPUT.FORMAT)
     out = predictor(image, {"caption": PROMPT, "phrase_spans": _phrase_spans(PROMPT, PHRASES)})
-    instances = out["instances"]
-    instances = instances[instances.scores >= score_thresh]
+    all_instances = out["instances"].to("cpu")
+    names, gt_boxes = _heldout_objects(image_file)
+    objects = [
+        {"object": n, "box": [round(v, 1) for v in b], "phrase_scores": s}
+        for n, b, s in zip(
+            names, gt_boxes.tolist(), phrase_scores_on_objects(all_instances, gt_boxes), strict=True
+        )
+    ]
+    instances = all_instances[all_instances.scores >= score_thresh]
     labels = [
         f"{PHRASES[c]} {s:.2f}"
         for c, s in zip(instances.pred_classes, instances.scores, strict=True)
@@ -200,7 +252,7 @@ def draw_prompt_predictions(cfg, model, image_file, out_file, score_thresh=0.3):
     vis = Visualizer(image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image)
     drawn = vis.overlay_instances(boxes=instances.pred_boxes, labels=labels).get_image()
     cv2.imwrite(str(out_file), drawn[:, :, ::-1])
-    return [
+    detections = [
         {"phrase": PHRASES[int(c)], "score": round(float(s), 3), "box": [round(v, 1) for v in b]}
         for c, s, b in zip(
             instances.pred_classes,
@@ -209,6 +261,7 @@ def draw_prompt_predictions(cfg, model, image_file, out_file, score_thresh=0.3):
             strict=True,
         )
     ]
+    return detections, objects
 
 
 def main(argv=None):
@@ -253,7 +306,7 @@ def main(argv=None):
     image_file = os.path.join(root, "images", "test_heldout", "000000.jpg")
     png = out_dir / "prompt_predictions.png"
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
-    detections = draw_prompt_predictions(cfg, model, image_file, png)
+    detections, objects = draw_prompt_predictions(cfg, model, image_file, png)
 
     metrics = {
         "config": os.path.relpath(args.config_file, REPO),
@@ -282,6 +335,7 @@ def main(argv=None):
             else image_file,
             "heldout_classes": list(HELDOUT_CLASSES),
             "detections": detections,
+            "phrase_scores_on_objects": objects,
             "png": str(png),
         },
     }
@@ -309,6 +363,9 @@ def main(argv=None):
                 for label, v in rows:
                     print(f"{which:<10} {label:<30} {v['AP']:>6.1f} {v['AP50']:>6.1f}")
     print(f"prompt {PROMPT!r}: {len(detections)} boxes >= 0.3 drawn to {png}")
+    for obj in objects:
+        scores = ", ".join(f"{p} {v:.2f}" for p, v in obj["phrase_scores"].items())
+        print(f"  best score per phrase on the {obj['object']}: {scores}")
     print(f"metrics: {out_dir / 'metrics.json'}")
     return metrics
 

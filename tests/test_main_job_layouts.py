@@ -84,3 +84,32 @@ def test_layout_builds_and_trains_one_step(layout, tmp_path):
     assert any(n.startswith("head.tower.0.dyconv") for n in moved)
     if layout == "fused":
         assert any(".fusion." in n for n in moved) and any(".text_layer." in n for n in moved)
+
+
+def test_phrase_scores_on_objects():
+    """Per object, each phrase's best score among the boxes overlapping it (IoU >= 0.5)."""
+    from detectron2.structures import Boxes, Instances
+
+    inst = Instances((256, 256))
+    inst.pred_boxes = Boxes(
+        torch.tensor(
+            [
+                [77, 3, 150, 71],  # on the large star: "blue star" 0.43 and 0.2, "red circle" 0.1
+                [80, 5, 150, 71],
+                [77, 3, 150, 71],
+                [159, 156, 198, 194],  # on the small star: "blue star" 0.58
+                [0, 0, 20, 20],  # on neither: "green square" 0.9
+            ],
+            dtype=torch.float32,
+        )
+    )
+    inst.scores = torch.tensor([0.43, 0.2, 0.1, 0.58, 0.9])
+    inst.pred_classes = torch.tensor([0, 0, 1, 0, 2])
+    names, boxes = main_job._heldout_objects("000000.jpg")
+    assert names == ["blue star", "yellow star"]
+    assert boxes.tolist() == [[159, 156, 198, 194], [77, 3, 150, 71]]
+    scores = main_job.phrase_scores_on_objects(inst, boxes)
+    assert scores == [
+        {"blue star": 0.58, "red circle": 0.0, "green square": 0.0},
+        {"blue star": 0.43, "red circle": 0.1, "green square": 0.0},
+    ]
