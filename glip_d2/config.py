@@ -78,6 +78,8 @@ def add_glip_config(cfg):
     # Initialise the head's text layers from these text-encoder layers (one index per text
     # layer, e.g. [4, 5]) instead of randomly (empty, official); for training from scratch.
     _C.MODEL.GLIP.TEXT_LAYERS_FROM_ENCODER = []
+    # Zero the output projections of the head's text layers: each starts close to the identity.
+    _C.MODEL.GLIP.TEXT_LAYER_ZERO_INIT = False
     # Score tokens with the final fused text features (True) or the text encoder's (False, GLIP-A).
     _C.MODEL.GLIP.USE_FUSED_FEATURES_DOT_PRODUCT = True
     _C.MODEL.GLIP.PRIOR_PROB = 0.01

@@ -1,5 +1,6 @@
-"""Keys for training the fused head from scratch: text layers copied from the text encoder,
-the fusion layer scale and the fusion learning-rate factor (all off by default)."""
+"""Keys for training the fused head from scratch: text layers copied from the text encoder or
+starting near the identity, the fusion layer scale and the fusion learning-rate factor (all off
+by default)."""
 
 import pytest
 import torch
@@ -92,3 +93,25 @@ def test_fusion_lr_factor():
     cfg.SOLVER.GLIP.FUSION_LR_FACTOR = 0.0
     with pytest.raises(ValueError, match="FUSION_LR_FACTOR must be > 0"):
         build_glip_optimizer(cfg, model)
+
+
+def test_text_layer_zero_init_starts_as_layer_norm():
+    torch.manual_seed(0)
+    model = build_model(_cfg(**{"MODEL.GLIP.TEXT_LAYER_ZERO_INIT": True}))
+    x = torch.randn(2, 7, 384) * 3 + 1
+    mask = torch.ones(2, 7, dtype=torch.long)
+    var = x.var(-1, unbiased=False, keepdim=True)
+    standardised = (x - x.mean(-1, keepdim=True)) / (var + 1e-12).sqrt()
+    for layer in _text_layers(model):
+        layer.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x, mask), standardised, rtol=1e-4, atol=1e-4)
+        assert torch.count_nonzero(layer.output.dense.weight) == 0
+        assert torch.count_nonzero(layer.attention.self.query.weight) > 0  # only outputs zeroed
+    # With the encoder copy, the copy keeps its other weights and its outputs are zeroed again.
+    both = {"MODEL.GLIP.TEXT_LAYER_ZERO_INIT": True, "MODEL.GLIP.TEXT_LAYERS_FROM_ENCODER": [4, 5]}
+    model = build_model(_cfg(**both))
+    enc = model.language_backbone.model.encoder.layer
+    first = _text_layers(model)[0]
+    assert torch.equal(first.attention.self.query.weight, enc[4].attention.self.query.weight)
+    assert torch.count_nonzero(first.attention.output.dense.weight) == 0
