@@ -73,6 +73,13 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.FUSION_EMBED_DIM = 2048  # hard-coded in the official model
     _C.MODEL.GLIP.FUSION_NUM_HEADS = 8
     _C.MODEL.GLIP.FUSION_DROPOUT = 0.1  # attention dropout in training
+    # Initial fusion layer scale (gamma_v, gamma_l); negative: the official 1 / NUM_LAYERS.
+    _C.MODEL.GLIP.FUSION_LAYER_SCALE = -1.0
+    # Initialise the head's text layers from these text-encoder layers (one index per text
+    # layer, e.g. [4, 5]) instead of randomly (empty, official); for training from scratch.
+    _C.MODEL.GLIP.TEXT_LAYERS_FROM_ENCODER = []
+    # Zero the output projections of the head's text layers: each starts close to the identity.
+    _C.MODEL.GLIP.TEXT_LAYER_ZERO_INIT = False
     # Score tokens with the final fused text features (True) or the text encoder's (False, GLIP-A).
     _C.MODEL.GLIP.USE_FUSED_FEATURES_DOT_PRODUCT = True
     _C.MODEL.GLIP.PRIOR_PROB = 0.01
@@ -178,6 +185,8 @@ def add_glip_config(cfg):
     _C.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
     _C.SOLVER.GLIP = CN()
     _C.SOLVER.GLIP.LANG_LR = 1e-5  # learning rate of the language backbone
+    # Learning-rate multiplier of the head's fusion blocks and text layers (official: 1).
+    _C.SOLVER.GLIP.FUSION_LR_FACTOR = 1.0
     # "full", "linear_prob" or "prompt" (only the tunable linear table trains).
     _C.SOLVER.GLIP.TUNING = "full"
     _C.SOLVER.GLIP.BF16_CPU = False  # bf16 autocast for training on CPU

@@ -106,7 +106,12 @@ def test_full_size_configs_build_on_meta(name, checks):
 
 
 @pytest.mark.parametrize(
-    "name", ["synthetic/glip_small_synth", "quick_schedules/glip_small_instant_test"]
+    "name",
+    [
+        "synthetic/glip_small_synth",
+        "synthetic/glip_small_synth_fused",
+        "quick_schedules/glip_small_instant_test",
+    ],
 )
 def test_recipe_configs_build_with_their_settings(name):
     """The main job's and the tests' configs load (every key known) and build on CPU."""

@@ -12,6 +12,8 @@ __all__ = [
     "HELDOUT",
     "ALL_CLASSES",
     "SEEN_CLASSES",
+    "HELDOUT_CLASSES",
+    "HELDOUT_GROUP",
     "DEFAULT_COUNTS",
     "CAPTION_SPLIT_SIZE",
 ]
@@ -28,6 +30,10 @@ SHAPES = ("circle", "square", "triangle", "star")
 HELDOUT = (("blue", "star"), ("yellow", "circle"), ("purple", "triangle"))
 ALL_CLASSES = [f"{c} {s}" for c in COLORS for s in SHAPES]  # category id = index + 1
 SEEN_CLASSES = [n for n in ALL_CLASSES if tuple(n.split()) not in HELDOUT]
+HELDOUT_CLASSES = [" ".join(p) for p in HELDOUT]  # "blue star", "yellow circle", ...
+# Name of the held-out classes' group in glip_synth_test_heldout's evaluation: its results hold
+# "AP-heldout_combinations", "AP50-heldout_combinations" and "AP50-<class>".
+HELDOUT_GROUP = "heldout_combinations"
 DEFAULT_COUNTS = {"train": 600, "val": 120, "test_heldout": 120}  # images per split
 # The caption-only split (no boxes, every combination) of the self-training experiment: 4x train.
 CAPTION_SPLIT_SIZE = 2400

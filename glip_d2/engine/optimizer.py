@@ -106,19 +106,25 @@ def glip_optimizer_params(cfg, model):
     Built with D2's :func:`get_default_optimizer_params`; the lr of a parameter is
     ``BASE_LR x (LANG_LR / BASE_LR if language) x (BIAS_LR_FACTOR if bias)`` as in the official
     ``make_optimizer`` (language biases get ``2 x LANG_LR``); the prompt-tuning table is not a
-    language parameter there.
+    language parameter there. The head's fusion blocks and text layers also get
+    ``SOLVER.GLIP.FUSION_LR_FACTOR`` (1 officially).
     """
     base_lr = cfg.SOLVER.BASE_LR
     if base_lr <= 0:
         raise ValueError(f"SOLVER.BASE_LR must be > 0, got {base_lr}")
     lang_factor = cfg.SOLVER.GLIP.LANG_LR / base_lr
     bias_factor = cfg.SOLVER.BIAS_LR_FACTOR
+    fusion_factor = cfg.SOLVER.GLIP.FUSION_LR_FACTOR
+    if fusion_factor <= 0:
+        raise ValueError(f"SOLVER.GLIP.FUSION_LR_FACTOR must be > 0, got {fusion_factor}")
 
     def lr_factor(name):
         # The prompt-tuning table sits in the official RPN (rpn.tunable_linear), outside the
         # language backbone's LANG_LR group: it trains at BASE_LR (0.05 in prompt tuning).
         is_language = name.startswith(LANGUAGE_PREFIX) and name != PROMPT_PARAM
         factor = lang_factor if is_language else 1.0
+        if name.startswith("head.") and (".fusion." in name or ".text_layer." in name):
+            factor *= fusion_factor
         if name.endswith(".bias"):
             factor *= bias_factor
         return factor

@@ -1,7 +1,9 @@
 """Evaluators: COCO (+1 export), LVIS (fixed AP), Flickr30K recall, RefCOCO accuracy, ODinW;
-pseudo-label precision / recall against hidden true boxes, image-text retrieval metrics."""
+pseudo-label precision / recall against hidden true boxes, image-text retrieval metrics; AP over
+category subsets."""
 
 from .build import EVALUATOR_TYPES, build_glip_evaluator
+from .category_groups import category_group_metrics, category_subset_ap
 from .coco import GLIPCOCOEvaluator, legacy_instances_to_coco_json
 from .grounding import FlickrRecallEvaluator, RefExpAccuracyEvaluator, box_iou_xyxy
 from .lvis import GLIPLVISEvaluator, top_k_per_category
@@ -25,6 +27,8 @@ __all__ = [
     "box_iou_xyxy",
     "build_glip_evaluator",
     "caption_table",
+    "category_group_metrics",
+    "category_subset_ap",
     "legacy_instances_to_coco_json",
     "phrase_category",
     "pseudo_label_quality",

@@ -4,6 +4,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 
 from ..structures import legacy_xyxy_to_xywh
+from .category_groups import category_group_metrics
 
 __all__ = ["GLIPCOCOEvaluator", "legacy_instances_to_coco_json"]
 
@@ -30,6 +31,8 @@ class GLIPCOCOEvaluator(COCOEvaluator):
 
     The model's ``pred_classes`` are phrase indices of a prompt built from the dataset's
     ``thing_classes`` in contiguous order, so D2's contiguous -> json id mapping applies as is.
+    A dataset whose metadata has ``eval_category_groups`` (``{group: [class name, ...]}``) also
+    gets AP / AP50 over each group's categories alone (:mod:`.category_groups`).
     """
 
     def __init__(self, dataset_name, tasks=("bbox",), distributed=True, output_dir=None, **kwargs):
@@ -47,3 +50,26 @@ class GLIPCOCOEvaluator(COCOEvaluator):
                     "instances": legacy_instances_to_coco_json(instances, inp["image_id"]),
                 }
             )
+
+    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        """D2's metrics, plus ``AP-<group>``, ``AP50-<group>`` and ``AP50-<name>`` of the
+        metadata's ``eval_category_groups`` (box AP only)."""
+        results = super()._derive_coco_results(coco_eval, iou_type, class_names)
+        groups = self._metadata.get("eval_category_groups", None)
+        if groups and iou_type == "bbox":
+            id_map = self._metadata.get("thing_dataset_id_to_contiguous_id", None)
+            if not class_names or not id_map:
+                raise ValueError(
+                    f"dataset {self._metadata.name!r} has eval_category_groups but no "
+                    "thing_classes / thing_dataset_id_to_contiguous_id to find their ids"
+                )
+            to_id = {v: k for k, v in id_map.items()}
+            name_to_id = {n: to_id[i] for i, n in enumerate(class_names)}
+            group_results = category_group_metrics(coco_eval, groups, name_to_id)
+            self._logger.info(
+                "Category groups (%s): %s",
+                iou_type,
+                ", ".join(f"{k} {v:.1f}" for k, v in group_results.items()),
+            )
+            results.update(group_results)
+        return results

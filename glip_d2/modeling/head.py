@@ -136,6 +136,8 @@ class VLDyHead(nn.Module):
         fusion_impl="auto",
         deform_conv_impl="fast",
         deform_conv_low_precision=False,
+        fusion_layer_scale=None,
+        text_layer_zero_init=False,
     ):
         """
         Args:
@@ -158,6 +160,10 @@ class VLDyHead(nn.Module):
             use_checkpoint (bool): recompute each tower layer in backward (training memory).
             fusion_impl (str): product order of the fusion attention (BiMultiHeadAttention).
             deform_conv_impl, deform_conv_low_precision: DyConv's deformable convs.
+            fusion_layer_scale (float or None): initial gamma_v / gamma_l of the fusion blocks;
+                None: the official 1 / num_layers.
+            text_layer_zero_init (bool): start each text layer with zero output projections
+                (:meth:`ClampedBertLayer.zero_residual_branches`), i.e. close to the identity.
         """
         super().__init__()
         hidden_size = text_config.hidden_size
@@ -175,7 +181,9 @@ class VLDyHead(nn.Module):
                     fusion_embed_dim,
                     fusion_num_heads,
                     dropout=fusion_dropout,
-                    init_layer_scale=1.0 / num_layers,
+                    init_layer_scale=(
+                        1.0 / num_layers if fusion_layer_scale is None else fusion_layer_scale
+                    ),
                     clamp_value=clamp_value,
                     impl=fusion_impl,
                 )
@@ -195,6 +203,10 @@ class VLDyHead(nn.Module):
             )
             layers.append(VLDyHeadLayer(fusion, text_layer, dyconv))
         self.tower = nn.ModuleList(layers)
+        self.text_layer_zero_init = text_layer_zero_init
+        if text_layer_zero_init:
+            for text_layer in self._text_layers():
+                text_layer.zero_residual_branches()
 
         self.bbox_pred = nn.Conv2d(channels, 4, kernel_size=1)
         self.centerness = nn.Conv2d(channels, 1, kernel_size=1)
@@ -255,7 +267,42 @@ class VLDyHead(nn.Module):
             "fusion_impl": g.FUSION_IMPL,
             "deform_conv_impl": g.DEFORM_CONV_IMPL,
             "deform_conv_low_precision": g.DEFORM_CONV_LOW_PRECISION,
+            "fusion_layer_scale": None if g.FUSION_LAYER_SCALE < 0 else g.FUSION_LAYER_SCALE,
+            "text_layer_zero_init": g.TEXT_LAYER_ZERO_INIT,
         }
+
+    def _text_layers(self):
+        return [layer.text_layer for layer in self.tower if hasattr(layer, "text_layer")]
+
+    def init_text_layers_from(self, encoder_layers, indices):
+        """Copy text-encoder layers into the tower's text layers, in tower order.
+
+        The official head's text layers start random (pretraining then trains them); training
+        from scratch, a copy of pretrained encoder layers starts them with the encoder's token
+        features kept apart (``MODEL.GLIP.TEXT_LAYERS_FROM_ENCODER``). With
+        ``text_layer_zero_init`` the copies' output projections are zeroed again.
+
+        Args:
+            encoder_layers (nn.ModuleList): the text encoder's layers (HF ``encoder.layer``),
+                whose parameter names :class:`ClampedBertLayer` shares.
+            indices (list[int]): the encoder layer copied into each text layer of the tower.
+        """
+        targets = self._text_layers()
+        if len(indices) != len(targets):
+            raise ValueError(
+                f"MODEL.GLIP.TEXT_LAYERS_FROM_ENCODER={list(indices)} needs one encoder layer "
+                f"index per text layer of the head, which has {len(targets)}"
+            )
+        n = len(encoder_layers)
+        for target, i in zip(targets, indices, strict=True):
+            if not -n <= i < n:
+                raise ValueError(
+                    f"MODEL.GLIP.TEXT_LAYERS_FROM_ENCODER: layer {i} not in the text encoder's "
+                    f"{n} layers"
+                )
+            target.load_state_dict(encoder_layers[i].state_dict())
+            if self.text_layer_zero_init:
+                target.zero_residual_branches()
 
     def forward(self, features, text, stage_outputs=None):
         """

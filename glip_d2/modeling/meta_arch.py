@@ -117,6 +117,16 @@ class GLIPDetector(nn.Module):
         shapes = backbone.output_shape()
         ordered = [shapes[f] for f in sorted(shapes, key=lambda f: shapes[f].stride)]
         head = build_glip_head(cfg, ordered, lang_config=language_backbone.model.config)
+        if cfg.MODEL.GLIP.TEXT_LAYERS_FROM_ENCODER:
+            if cfg.MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT:
+                raise ValueError(
+                    "MODEL.GLIP.TEXT_LAYERS_FROM_ENCODER copies the text encoder's layers at "
+                    "build time, but MODEL.LANGUAGE_BACKBONE.WEIGHTS_FROM_CHECKPOINT builds it "
+                    "with random weights"
+                )
+            head.init_text_layers_from(
+                language_backbone.model.encoder.layer, cfg.MODEL.GLIP.TEXT_LAYERS_FROM_ENCODER
+            )
         box_coder = BoxCoder(cfg.MODEL.GLIP.BBOX_REG_WEIGHTS)
         return {
             "backbone": backbone,

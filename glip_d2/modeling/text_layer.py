@@ -152,6 +152,14 @@ class ClampedBertLayer(nn.Module):
         self.intermediate = _Intermediate(cfg, clamp_value)
         self.output = _Output(cfg, clamp_value)
 
+    def zero_residual_branches(self):
+        """Zero the output projections of the attention and feed-forward branches: the layer
+        then computes ``LayerNorm(LayerNorm(x))`` (standardises each token) until they train,
+        as ReZero / zero-init residual schemes start deep stacks."""
+        for linear in (self.attention.output.dense, self.output.dense):
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
     def forward(self, hidden, text_mask):
         """
         Args:

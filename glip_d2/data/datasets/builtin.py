@@ -11,7 +11,7 @@ import os
 
 from detectron2.data import DatasetCatalog
 
-from ..synthetic import ALL_CLASSES, SEEN_CLASSES
+from ..synthetic import ALL_CLASSES, HELDOUT_CLASSES, HELDOUT_GROUP, SEEN_CLASSES
 from .coco import register_grounding_coco
 from .lvis import LVIS_EVALUATION_SETS, register_lvis_evaluation
 from .mdetr import register_mdetr_grounding
@@ -74,11 +74,14 @@ def register_glip_synth(root):
 
     Detection: ``glip_synth_{train,val,test_heldout}``; grounding captions:
     ``glip_synth_grounding_{train,val}``. ``thing_classes`` are preset (they are fixed by the
-    generator); train/val hold the seen classes only, test_heldout all of them.
+    generator); train/val hold the seen classes only, test_heldout all of them, and its
+    evaluation also reports AP / AP50 over the held-out combinations alone
+    (``AP-heldout_combinations``, see ``glip_d2.evaluation.category_groups``).
     """
     base = os.path.join(root, "glip_synth")
     for split in ("train", "val", "test_heldout"):
         classes = ALL_CLASSES if split == "test_heldout" else SEEN_CLASSES
+        groups = {HELDOUT_GROUP: list(HELDOUT_CLASSES)} if split == "test_heldout" else None
         register_grounding_coco(
             f"glip_synth_{split}",
             os.path.join(base, "annotations", f"instances_{split}.json"),
@@ -88,6 +91,7 @@ def register_glip_synth(root):
                 "thing_dataset_id_to_contiguous_id": {
                     ALL_CLASSES.index(n) + 1: i for i, n in enumerate(classes)
                 },
+                **({"eval_category_groups": groups} if groups else {}),
             },
         )
     for split in ("train", "val"):
