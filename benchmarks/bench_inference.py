@@ -25,7 +25,8 @@ flips every repeat), and prints new / baseline ratios. The achieved GFLOP/s are 
 FLOPs come from fvcore through detectron2's ``FlopCountAnalysis`` (one fused multiply-add
 counts as one flop), with handles added for ``torchvision::deform_conv2d``, ``aten::baddbmm``
 and ``aten::matmul`` of a matrix with a vector; they are counted in the first fp32 process of
-each one-prompt case (tracing all chunks of LVIS at once needs tens of GB). GFLOP/s counts two flops per multiply-add, like the usual matmul figures.
+each one-prompt case (tracing all chunks of LVIS at once needs tens of GB). GFLOP/s counts two
+flops per multiply-add, like the usual matmul figures.
 
 ``--stages`` adds where the time goes per stage (module hooks, no code changes needed in the
 tree under test): backbone (+FPN), text encoder (tokenizer and encoder), fusion, text layers,
