@@ -249,3 +249,45 @@ def test_mixed_loader_on_synth(tmp_path):
         inst = d["instances"]
         assert len(inst) > 0 and inst.gt_classes.max().item() < len(d["phrase_spans"])
         assert d["dataset_name"] in (det, ground)
+
+
+def test_glip_novel_domain(tmp_path):
+    """The transfer experiment's new domain: its 9 classes, shapes filled with their colour,
+    and a deterministic generator."""
+    import numpy as np
+    from PIL import Image
+
+    from datasets.prepare_glip_novel import ensure_glip_novel
+    from glip_d2.data.synthetic import ALL_CLASSES, NOVEL_CLASSES, NOVEL_COLORS
+
+    assert len(NOVEL_CLASSES) == 9 and not set(NOVEL_CLASSES) & set(ALL_CLASSES)
+    root = ensure_glip_novel(str(tmp_path / "a"), {"train": 5, "val": 2})
+    coco = json.load(open(os.path.join(root, "annotations", "instances_train.json")))
+    assert [c["name"] for c in coco["categories"]] == NOVEL_CLASSES
+    assert len(coco["images"]) == 5 and coco["annotations"]
+    for ann in coco["annotations"]:
+        image = np.asarray(
+            Image.open(os.path.join(root, "images", "train", f"{ann['image_id'] - 1:06d}.jpg"))
+        )
+        x, y, w, h = ann["bbox"]
+        colour = NOVEL_CLASSES[ann["category_id"] - 1].split()[0]
+        centre = image[int(y + h / 2), int(x + w / 2)].astype(int)
+        # jitter +-15 per channel plus JPEG; an overlapping later shape may cover the centre
+        covered = any(
+            b is not ann and _inside(b["bbox"], x + w / 2, y + h / 2)
+            for b in coco["annotations"]
+            if b["image_id"] == ann["image_id"] and b["id"] > ann["id"]
+        )
+        if not covered:
+            assert np.abs(centre - np.array(NOVEL_COLORS[colour])).max() <= 30, (ann, centre)
+    again = ensure_glip_novel(str(tmp_path / "b"), {"train": 5, "val": 2})
+    for split in ("train", "val"):
+        for name in sorted(os.listdir(os.path.join(root, "images", split))):
+            a = open(os.path.join(root, "images", split, name), "rb").read()
+            b = open(os.path.join(again, "images", split, name), "rb").read()
+            assert a == b, (split, name)
+
+
+def _inside(bbox, px, py):
+    x, y, w, h = bbox
+    return x <= px < x + w and y <= py < y + h

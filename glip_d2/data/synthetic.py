@@ -16,6 +16,10 @@ __all__ = [
     "HELDOUT_GROUP",
     "DEFAULT_COUNTS",
     "CAPTION_SPLIT_SIZE",
+    "NOVEL_COLORS",
+    "NOVEL_SHAPES",
+    "NOVEL_CLASSES",
+    "NOVEL_COUNTS",
 ]
 
 COLORS = {
@@ -37,3 +41,14 @@ HELDOUT_GROUP = "heldout_combinations"
 DEFAULT_COUNTS = {"train": 600, "val": 120, "test_heldout": 120}  # images per split
 # The caption-only split (no boxes, every combination) of the self-training experiment: 4x train.
 CAPTION_SPLIT_SIZE = 2400
+
+# glip_novel, the transfer experiment's new domain (datasets/prepare_glip_novel.py, issue #15):
+# colours and shapes that glip_synth never shows, every combination in train and val.
+NOVEL_COLORS = {
+    "orange": (245, 130, 20),
+    "pink": (240, 110, 185),
+    "cyan": (30, 200, 215),
+}
+NOVEL_SHAPES = ("diamond", "hexagon", "cross")
+NOVEL_CLASSES = [f"{c} {s}" for c in NOVEL_COLORS for s in NOVEL_SHAPES]  # id = index + 1
+NOVEL_COUNTS = {"train": 300, "val": 90}  # images per split

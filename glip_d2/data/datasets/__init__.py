@@ -2,7 +2,7 @@
 glip_synth, caption retrieval sets."""
 
 from . import builtin, retrieval  # noqa: F401  registers the predefined datasets
-from .builtin import register_all_glip, register_glip_synth
+from .builtin import register_all_glip, register_glip_novel, register_glip_synth
 from .coco import register_grounding_coco
 from .flickr_entities import attach_flickr_phrase_types, read_flickr_sentences
 from .lvis import lvis_v1_official_names, register_lvis_evaluation
@@ -34,6 +34,7 @@ __all__ = [
     "read_flickr_sentences",
     "register_all_glip",
     "register_caption_retrieval",
+    "register_glip_novel",
     "register_glip_synth",
     "register_grounding_coco",
     "register_lvis_evaluation",

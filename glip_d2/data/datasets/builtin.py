@@ -11,13 +11,13 @@ import os
 
 from detectron2.data import DatasetCatalog
 
-from ..synthetic import ALL_CLASSES, HELDOUT_CLASSES, HELDOUT_GROUP, SEEN_CLASSES
+from ..synthetic import ALL_CLASSES, HELDOUT_CLASSES, HELDOUT_GROUP, NOVEL_CLASSES, SEEN_CLASSES
 from .coco import register_grounding_coco
 from .lvis import LVIS_EVALUATION_SETS, register_lvis_evaluation
 from .mdetr import register_mdetr_grounding
 from .odinw import register_odinw
 
-__all__ = ["register_all_glip", "register_glip_synth"]
+__all__ = ["register_all_glip", "register_glip_novel", "register_glip_synth"]
 
 _MDETR = "mdetr_annotations"
 _FLICKR_IMAGES = "flickr30k/flickr30k_images"
@@ -103,6 +103,23 @@ def register_glip_synth(root):
         )
 
 
+def register_glip_novel(root):
+    """Register ``glip_novel_{train,val}``, the transfer experiment's new domain under
+    ``root/glip_novel`` (``datasets/prepare_glip_novel.py``): 9 classes of colours and shapes
+    that glip_synth never shows (``NOVEL_CLASSES``, category id = index + 1)."""
+    base = os.path.join(root, "glip_novel")
+    for split in ("train", "val"):
+        register_grounding_coco(
+            f"glip_novel_{split}",
+            os.path.join(base, "annotations", f"instances_{split}.json"),
+            os.path.join(base, "images", split),
+            metadata={
+                "thing_classes": list(NOVEL_CLASSES),
+                "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(NOVEL_CLASSES))},
+            },
+        )
+
+
 def register_all_glip(root):
     for name, (json_file, image_root, exclude, evaluator) in _PREDEFINED_MDETR.items():
         evaluated = name.startswith("flickr30k") and not name.endswith("_train")
@@ -118,6 +135,7 @@ def register_all_glip(root):
         )
     register_odinw(root)
     register_glip_synth(root)
+    register_glip_novel(root)
 
 
 if "glip_synth_train" not in DatasetCatalog.list():
