@@ -28,8 +28,6 @@ everything low). Extra ``KEY VALUE`` pairs override the control's and the studen
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -40,8 +38,8 @@ from detectron2.utils.logger import setup_logger
 
 import glip_d2  # noqa: F401  (registers the model and the datasets)
 from glip_d2 import add_glip_config
-from glip_d2.data.datasets import register_grounding_coco
 from glip_d2.data.synthetic import ALL_CLASSES, CAPTION_SPLIT_SIZE, HELDOUT
+from glip_d2.engine.experiment_steps import first_images_subset, run_logged
 from glip_d2.evaluation.pseudo_labels import pseudo_label_quality
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,13 +104,7 @@ def parse_args(argv=None):
 
 
 def run(cmd, log):
-    """Run ``python CMD`` with its output appended to ``log``; fail naming the log."""
-    cmd = [sys.executable, *map(str, cmd)]
-    print("$", " ".join(cmd[1:]), f">> {log}", flush=True)
-    with open(log, "a") as out:
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd[1:3])} failed ({done.returncode}); see {log}")
+    run_logged(cmd, log, REPO)
 
 
 def as_opts(pairs):
@@ -139,28 +131,7 @@ def eval_sets(quick, data_dir):
     """The evaluation sets: the registered splits, or (``--quick``) their first 4 images."""
     if not quick:
         return list(EVAL_SETS)
-    names = []
-    for name in EVAL_SETS:
-        meta = MetadataCatalog.get(name)
-        coco = json.load(open(meta.json_file))
-        coco["images"] = coco["images"][:4]
-        ids = {im["id"] for im in coco["images"]}
-        coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
-        subset, path = f"{name}_first4", Path(data_dir) / f"{name}_first4.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(coco))
-        if subset not in MetadataCatalog.list():
-            register_grounding_coco(
-                subset,
-                str(path),
-                meta.image_root,
-                metadata={
-                    "thing_classes": meta.thing_classes,
-                    "thing_dataset_id_to_contiguous_id": meta.thing_dataset_id_to_contiguous_id,
-                },
-            )
-        names.append(subset)
-    return names
+    return [first_images_subset(name, 4, data_dir) for name in EVAL_SETS]
 
 
 def box_ap(gt_json, results_json, cat_ids=None):

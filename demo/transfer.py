@@ -27,10 +27,10 @@ change with the seed.
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from glip_d2.engine.experiment_steps import first_images_subset, run_logged
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN_JOB = REPO / "output" / "main_job"
@@ -63,13 +63,7 @@ def parse_args(argv=None):
 
 
 def run(cmd, log):
-    """Run ``python CMD`` with its output appended to ``log``; fail naming the log."""
-    cmd = [sys.executable, *map(str, cmd)]
-    print("$", " ".join(cmd[1:]), f">> {log}", flush=True)
-    with open(log, "a") as out:
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd[1:3])} failed ({done.returncode}); see {log}")
+    run_logged(cmd, log, REPO)
 
 
 def recipe(mode):
@@ -94,30 +88,10 @@ def schedule(mode, iterations):
 
 
 def eval_subsets(count, data_dir):
-    """The evaluation sets, or (``count``) their first ``count`` images as new COCO files."""
-    from detectron2.data import MetadataCatalog
-
-    from glip_d2.data.datasets import register_grounding_coco
-
+    """The evaluation sets, or (``count``) their first ``count`` images as sets of their own."""
     if not count:
         return {NOVEL_VAL: NOVEL_VAL, SYNTH_VAL: SYNTH_VAL}
-    names = {}
-    for name in (NOVEL_VAL, SYNTH_VAL):
-        meta = MetadataCatalog.get(name)
-        coco = json.loads(Path(meta.json_file).read_text())
-        coco["images"] = coco["images"][:count]
-        ids = {im["id"] for im in coco["images"]}
-        coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
-        subset, path = f"{name}_first{count}", Path(data_dir) / f"{name}_first{count}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(coco))
-        if subset not in MetadataCatalog.list():
-            keep = ("thing_classes", "thing_dataset_id_to_contiguous_id")
-            register_grounding_coco(
-                subset, str(path), meta.image_root, metadata={k: meta.get(k) for k in keep}
-            )
-        names[name] = subset
-    return names
+    return {name: first_images_subset(name, count, data_dir) for name in (NOVEL_VAL, SYNTH_VAL)}
 
 
 def evaluate(config_file, weights, out_dir, eval_sets, prompt_embedding=None):
