@@ -167,3 +167,20 @@ def test_evaluation_loop_encodes_the_dataset_prompt_once(model):
     for batch, out in zip(loader, collect.outputs, strict=True):
         with torch.no_grad():
             _equal(out, model(batch)[0]["instances"])
+
+
+def test_full_cache_with_new_and_cached_prompts_in_one_call(model):
+    """A full cache, then one call with a new prompt before a cached one: storing the new one
+    evicts the least recently used entry, which must not be the cached prompt still needed
+    (it used to be: a KeyError in the pseudo-labelling run of demo/self_training.py)."""
+    predictor = GLIPPredictor(_cfg(), model=model)  # PROMPT_CACHE_SIZE 2
+    cache, lang, images = predictor.text_cache, model.language_backbone, [_image(4), _image(5)]
+    with torch.no_grad():
+        first = cache.encode(lang, [THREE[0], ONE[0]], "cpu")  # full: THREE, then ONE
+        both = cache.encode(lang, ["a zebra", THREE[0]], "cpu")  # THREE is the LRU entry
+    assert (cache.hits, cache.misses) == (1, 3)
+    assert len(cache) == 2 and "a zebra" in cache and THREE[0] in cache and ONE[0] not in cache
+    assert torch.equal(both.hidden[1], first.hidden[0])  # THREE is the longer prompt
+    out = predictor.predict_batch(images, [ONE, THREE])  # ONE evicted: encoded again
+    for image, prompt, got in zip(images, (ONE, THREE), out, strict=True):
+        _same(got["instances"], _uncached(predictor, image, prompt))

@@ -86,16 +86,15 @@ class TextFeatureCache:
             tokens = language_backbone.tokenize(missing, device=device)
             encoded = language_backbone(tokens["input_ids"], tokens["attention_mask"])
             fresh = dict(zip(missing, encoded.split(), strict=True))
-        items = []
+        # Collect every item before storing the new ones: storing may evict a cached prompt
+        # that a later position of this same call still needs.
+        items = [fresh[c] if c in fresh else self._entries[c] for c in captions]
         for caption in captions:
-            item = fresh.get(caption)
-            if item is None:
-                item = self._entries[caption]
+            if caption not in fresh:
                 self._entries.move_to_end(caption)
-            elif self.max_size > 0:
-                self._entries[caption] = item
-                if len(self._entries) > self.max_size:
-                    self._entries.popitem(last=False)
-            items.append(item)
+        if self.max_size > 0:
+            self._entries.update(fresh)
+            while len(self._entries) > self.max_size:
+                self._entries.popitem(last=False)
         length = language_backbone.max_query_len if language_backbone.pad_to_max else None
         return TextFeatures.cat(items, length)
