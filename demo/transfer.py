@@ -82,8 +82,9 @@ def schedule(mode, iterations):
     cfg.merge_from_file(str(recipe(mode)))
     scale = iterations / cfg.SOLVER.MAX_ITER
     # D2's scheduler wants increasing milestones below MAX_ITER
-    steps = tuple(sorted({max(1, round(s * scale)) for s in cfg.SOLVER.STEPS} - {iterations}))
-    steps = tuple(s for s in steps if s < iterations)
+    steps = tuple(
+        sorted({max(1, round(s * scale)) for s in cfg.SOLVER.STEPS} & set(range(iterations)))
+    )
     return ["SOLVER.MAX_ITER", str(iterations), "SOLVER.STEPS", str(steps)]
 
 
@@ -155,9 +156,6 @@ def few_shot_size(shots, seed):
 
 
 def mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return [None, None]
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return [round(statistics.mean(values), 2), round(std, 2)]
 

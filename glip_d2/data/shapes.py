@@ -11,10 +11,9 @@ from PIL import Image, ImageDraw
 
 from .synthetic import COLORS
 
-__all__ = ["SIZES", "SHAPE_NAMES", "render_scene", "box_iou"]
+__all__ = ["SIZES", "render_scene"]
 
 SIZES = {"small": (34, 54), "large": (66, 96)}  # side length ranges in pixels
-SHAPE_NAMES = ("circle", "square", "triangle", "star", "diamond", "hexagon", "cross")
 
 
 def _polygon(shape, cx, cy, r):
@@ -74,8 +73,7 @@ def _shape_box(shape, x, y, s):
     return [int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])]
 
 
-def box_iou(a, b):
-    """IoU of two xyxy boxes."""
+def _iou(a, b):
     iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = iw * ih
@@ -109,7 +107,7 @@ def render_scene(
             s = int(rng.integers(*SIZES[size]))
             x, y = int(rng.integers(0, width - s)), int(rng.integers(0, height - s))
             box = _shape_box(name.split()[1], x, y, s)
-            if all(box_iou(box, o["box"]) < 0.25 for o in objects):
+            if all(_iou(box, o["box"]) < 0.25 for o in objects):
                 break
         else:
             continue
