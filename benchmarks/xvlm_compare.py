@@ -305,11 +305,11 @@ def _summary(runs):
     return out
 
 
-def _fmt(entry):
+def _fmt(entry, digits=1):
     if entry is None:
         return "n/a"
-    std = f" ± {entry['std']:.1f}" if entry["std"] is not None else ""
-    return f"{entry['mean']:.1f}{std}"
+    std = f" ± {entry['std']:.{digits}f}" if entry["std"] is not None else ""
+    return f"{entry['mean']:.{digits}f}{std}"
 
 
 def _print_table(summary, conditions):
@@ -335,7 +335,11 @@ def _print_table(summary, conditions):
     print("| variant | " + " | ".join(c for c, _ in cols) + " |")
     print("|---|" + "---:|" * len(cols))
     for variant, numbers in summary.items():
-        print(f"| {variant} | " + " | ".join(_fmt(numbers.get(k)) for _, k in cols) + " |")
+        print(
+            f"| {variant} | "
+            + " | ".join(_fmt(numbers.get(k), 2 if k.startswith("seconds") else 1) for _, k in cols)
+            + " |"
+        )
     if "plain" in summary:
         p = summary["plain"]
         print(
